@@ -1,0 +1,486 @@
+"""Full-vocabulary token losses at O(chunk × V) memory.
+
+LCO needs targets over the whole vocabulary for every response token (π* = softmax(z_old + A/β),
+eqs. 6–10), from up to four models (policy, behaviour policy, RM φ_DPO, reference φ_ref).
+Materializing ``[N, V]`` logits is the cost of the method: 152k × 2048 tokens × 4 B = 1.2 GB per
+model and per copy. Instead we keep the final hidden states ``[N, H]`` (after the final norm) and
+the ``lm_head`` weights, and project them in token chunks.
+
+The engine (:func:`chunked_token_loss`) works like fused linear-cross-entropy kernels: its
+*forward* loops over chunks, computes the chunk's logits, the per-token loss, the gradient of the
+loss wrt the chunk's logits, and immediately folds that gradient into ``grad_hidden`` (the chunk's
+rows) and ``grad_weight``/``grad_bias`` (accumulated). *Backward* only scales the stored gradients
+by ``grad_output``. Peak extra memory is O(chunk × V) plus one ``[V, H]`` weight-gradient buffer
+(the same buffer autograd would allocate anyway).
+
+Precision: the projection runs in the weight's dtype (the hidden chunk is cast to it, never the
+weight: casting a 152k × H weight per chunk would cost more than the logits); logits are upcast to
+at least float32 and the loss is computed there. Gradients come back in the input dtypes.
+Autocast is disabled inside the engine so that this holds under ``accelerate``'s mixed precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .objectives import dense_advantage_, get_objective, select_beta, sparse_advantage
+
+TokenLoss = Callable[..., Tensor]
+Targets = Callable[[slice], "dict[str, Tensor]"]
+Beta = Union[float, Tensor]
+
+#: Token-chunk size we recommend for ``train.loss_chunk_size`` (see docs/bench_lco_memory.md).
+DEFAULT_CHUNK_SIZE = 512
+
+ADVANTAGES = ("dpo", "logprob", "sparse")
+
+
+# --------------------------------------------------------------------------- heads
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype losses are computed in: at least float32 (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _project(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``hidden @ weightᵀ + bias`` in the weight's dtype, upcast to ≥ float32."""
+    z = F.linear(hidden.to(weight.dtype), weight, bias)
+    return z.to(compute_dtype(z.dtype))
+
+
+@dataclass
+class VocabHead:
+    """One model's final projection: final hidden states and its ``lm_head``.
+
+    Attributes:
+        hidden: ``[N, H]`` final hidden states (after the final norm) of the N scored tokens.
+        weight: ``[V, H]`` ``lm_head`` weight (possibly tied to the input embedding).
+        bias: ``[V]`` or ``None``.
+    """
+
+    hidden: Tensor
+    weight: Tensor
+    bias: Optional[Tensor] = None
+
+    def __post_init__(self) -> None:
+        if self.hidden.dim() != 2:
+            raise ValueError(f"VocabHead.hidden must be [N, H], got shape {tuple(self.hidden.shape)}")
+        if self.weight.dim() != 2 or self.weight.shape[1] != self.hidden.shape[1]:
+            raise ValueError(
+                f"VocabHead.weight must be [V, H={self.hidden.shape[1]}], got {tuple(self.weight.shape)}"
+            )
+        if self.bias is not None and tuple(self.bias.shape) != (self.weight.shape[0],):
+            raise ValueError(f"VocabHead.bias must be [V={self.weight.shape[0]}], got {tuple(self.bias.shape)}")
+
+    @property
+    def num_tokens(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.weight.shape[0]
+
+    def logits(self, sl: slice) -> Tensor:
+        """Logits ``[c, V]`` of the tokens in ``sl``, in float32 (float64 for float64 inputs)."""
+        return _project(self.hidden[sl], self.weight, self.bias)
+
+
+def _chunks(n: int, chunk_size: int) -> Iterator[slice]:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    for start in range(0, n, chunk_size):
+        yield slice(start, min(start + chunk_size, n))
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+class _Stats:
+    """Weighted token means of the telemetry the paper's figures need (Fig. 4–6, 8–9).
+
+    Accumulated inside the chunk loop from the chunk's logits and per-token logit gradient
+    ``∂ℓ_t/∂z_t`` (unweighted), so no extra ``[N, V]`` is ever built. Sums stay on the device;
+    one host sync happens in :meth:`result`.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.weight_sum: Optional[Tensor] = None
+
+    def _add(self, key: str, value: Tensor) -> None:
+        self.sums[key] = self.sums[key] + value if key in self.sums else value
+
+    @torch.no_grad()
+    def update(self, z: Tensor, grad: Optional[Tensor], w: Tensor, sampled_ids: Optional[Tensor]) -> None:
+        lse = torch.logsumexp(z, dim=-1)
+        entropy = lse - (torch.softmax(z, dim=-1) * z).sum(-1)  # H = lse − E_π[z]
+        self._add("entropy", (w * entropy).sum())
+        self.weight_sum = w.sum() if self.weight_sum is None else self.weight_sum + w.sum()
+        if sampled_ids is None:
+            return
+        ids = sampled_ids.long().unsqueeze(-1)
+        self._add("sampled_prob", (w * (z.gather(-1, ids).squeeze(-1) - lse).exp()).sum())
+        if grad is None:
+            return
+        g_abs = grad.abs()
+        g_sampled = g_abs.gather(-1, ids).squeeze(-1)
+        g_other = (g_abs.sum(-1) - g_sampled) / max(z.shape[-1] - 1, 1)
+        self._add("logit_grad_sampled", (w * g_sampled).sum())
+        self._add("logit_grad_other", (w * g_other).sum())
+
+    def result(self) -> dict[str, float]:
+        if self.weight_sum is None:
+            return {}
+        denom = self.weight_sum.clamp_min(torch.finfo(self.weight_sum.dtype).tiny)
+        return {key: float(total / denom) for key, total in self.sums.items()}
+
+
+# --------------------------------------------------------------------------- engine
+
+
+@dataclass
+class _ChunkLoop:
+    """Everything the chunk loop needs besides the tensors autograd tracks."""
+
+    token_loss: TokenLoss
+    targets: Optional[Targets]
+    chunk_size: int
+    stats: Optional[_Stats]
+
+    def chunk_loss(self, z: Tensor, sl: slice, need_grad: bool) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """Per-token loss ``[c]``, ``∂ℓ_t/∂z_t`` ``[c, V]`` (if needed) and the chunk's sampled ids.
+
+        The targets dict is dropped before returning so its ``[c, V]`` tensors die with the chunk.
+        """
+        with torch.no_grad():
+            tgt = self.targets(sl) if self.targets is not None else {}
+        with torch.enable_grad():
+            zc = z.detach().requires_grad_(need_grad)
+            loss_t = self.token_loss(zc, **tgt)
+            if loss_t.shape != z.shape[:1]:
+                raise ValueError(f"token_loss must return per-token losses [{z.shape[0]}], got {tuple(loss_t.shape)}")
+            # Rows are independent, so the gradient of the sum is each token's own ∂ℓ_t/∂z_t.
+            grad = torch.autograd.grad(loss_t.sum(), zc)[0] if need_grad else None
+        return loss_t.detach(), grad, tgt.get("sampled_ids")
+
+    def run(
+        self,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor],
+        weights: Tensor,
+        needs: tuple[bool, bool, bool],
+    ) -> tuple[Tensor, tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]]:
+        """Loop over chunks: Σ_t w_t ℓ_t and its gradients wrt (hidden, weight, bias)."""
+        need_h, need_w, need_b = needs
+        need_grad = any(needs) or self.stats is not None
+        cdtype = compute_dtype(weight.dtype)
+        total = torch.zeros((), dtype=cdtype, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None  # every row is written once
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            for sl in _chunks(hidden.shape[0], self.chunk_size):
+                h = hidden[sl].to(weight.dtype)
+                z = _project(h, weight, bias)
+                w = weights[sl].to(cdtype)
+                loss_t, grad, sampled_ids = self.chunk_loss(z, sl, need_grad)
+                total += (w * loss_t).sum()
+                if self.stats is not None:
+                    self.stats.update(z, grad, w, sampled_ids)
+                del z
+                if not any(needs):
+                    continue
+                g = grad.mul_(w.unsqueeze(-1)).to(weight.dtype)  # dL/dz for L = Σ w_t ℓ_t
+                if need_h:
+                    grad_h[sl] = (g @ weight).to(hidden.dtype)
+                if need_w:
+                    grad_w.addmm_(g.t(), h)
+                if need_b:
+                    grad_b += g.sum(0).to(bias.dtype)
+        return total, (grad_h, grad_w, grad_b)
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """Scalar Σ_t w_t ℓ_t whose gradients are computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, weights, loop: _ChunkLoop):
+        needs = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
+        loss, ctx.grads = loop.run(hidden, weight, bias, weights, needs)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.grads is None:
+            raise RuntimeError(
+                "chunked_token_loss: backward can run only once (its gradients are computed in "
+                "forward and released after use); retain_graph / double backward is not supported"
+            )
+        grads, ctx.grads = ctx.grads, None
+        # Scale in place: an out-of-place product would allocate a second [V, H] buffer.
+        scaled = tuple(g.mul_(grad_out.to(g.dtype)) if g is not None else None for g in grads)
+        return (*scaled, None, None)
+
+
+def _validate_weights(weights: Tensor, n: int) -> None:
+    if weights.shape != (n,):
+        raise ValueError(f"weights must be [N={n}], got {tuple(weights.shape)}")
+
+
+def chunked_token_loss(
+    policy: VocabHead,
+    token_loss: TokenLoss,
+    weights: Tensor,
+    chunk_size: int,
+    targets: Optional[Targets] = None,
+    stats: bool = False,
+) -> tuple[Tensor, dict[str, float]]:
+    """Weighted full-vocabulary token loss ``Σ_t w_t ℓ_t`` at O(chunk × V) memory.
+
+    Args:
+        policy: the trained model's head; gradients flow to ``hidden``, ``weight`` and ``bias``
+            (whichever require grad; a frozen/LoRA-wrapped head just skips ``grad_weight``).
+        token_loss: ``token_loss(z, **targets(sl)) -> [c]``; ``z`` is the chunk's policy logits
+            ``[c, V]`` (float32, requires grad). Must act row-wise (token t's loss depends only on
+            row t), which every per-token loss does.
+        weights: ``[N]`` token weights, constants (no gradient). For the mean over masked
+            tokens pass ``mask / mask.sum()``.
+        chunk_size: tokens per chunk; memory is O(chunk_size × V).
+        targets: ``targets(sl) -> dict`` computed under ``no_grad`` per chunk (old/RM/ref logits,
+            sampled ids, per-token β, ...). The key ``"sampled_ids"`` also feeds telemetry.
+        stats: also return weighted token means of ``entropy`` and, when ``targets`` provides
+            ``sampled_ids``, ``sampled_prob``, ``logit_grad_sampled`` (|∂ℓ_t/∂z| at the sampled
+            token) and ``logit_grad_other`` (mean |∂ℓ_t/∂z| over the other V−1 tokens).
+
+    Returns:
+        ``(loss, stats)``: a scalar (float32, or float64 for float64 inputs) with autograd to the
+        policy head, and a dict of floats (empty unless ``stats``). ``backward`` runs once.
+    """
+    _validate_weights(weights, policy.num_tokens)
+    loop = _ChunkLoop(token_loss, targets, chunk_size, _Stats() if stats else None)
+    tracked = (policy.hidden, policy.weight, policy.bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tracked):
+        loss = _ChunkedLoss.apply(policy.hidden, policy.weight, policy.bias, weights.detach(), loop)
+    else:
+        loss, _ = loop.run(policy.hidden, policy.weight, policy.bias, weights, (False, False, False))
+    return loss, loop.stats.result() if loop.stats is not None else {}
+
+
+# --------------------------------------------------------------------------- LCO on top
+
+
+def _log_softmax_(z: Tensor) -> Tensor:
+    """In-place log-softmax of freshly projected logits (saves a [c, V] copy)."""
+    return z.sub_(torch.logsumexp(z, dim=-1, keepdim=True))
+
+
+def _optimal_logits_(adv: Tensor, z_old: Tensor, beta: Beta) -> Tensor:
+    """``z* = z_old + A/β`` (eq. 7), written into ``adv``'s storage."""
+    if isinstance(beta, Tensor):
+        beta = beta.to(adv.dtype).unsqueeze(-1) if beta.dim() else beta.to(adv.dtype)
+    return adv.div_(beta).add_(z_old)
+
+
+def _validate_lco_inputs(policy, *, advantage, old, rm, ref, sampled_ids, seq_adv, beta) -> None:
+    n, vocab = policy.num_tokens, policy.vocab_size
+    if advantage not in ADVANTAGES:
+        raise ValueError(f"unknown advantage {advantage!r}; expected one of {ADVANTAGES}")
+    needed = {"dpo": ("rm", "ref"), "logprob": ("rm",), "sparse": ("sampled_ids", "seq_adv")}[advantage]
+    given = {"rm": rm, "ref": ref, "sampled_ids": sampled_ids, "seq_adv": seq_adv}
+    missing = [name for name in needed if given[name] is None]
+    if missing:
+        raise ValueError(f"advantage={advantage!r} needs {', '.join(missing)}")
+    for name, head in (("old", old), ("rm", rm), ("ref", ref)):
+        if head is None:
+            continue
+        if head.vocab_size != vocab:
+            raise ValueError(f"{name} head has vocabulary {head.vocab_size}, policy has {vocab}: they must share a tokenizer")
+        if head.num_tokens != n:
+            raise ValueError(f"{name} head scores {head.num_tokens} tokens, policy {n}")
+    for name, t in (("sampled_ids", sampled_ids), ("seq_adv", seq_adv)):
+        if t is not None and t.shape != (n,):
+            raise ValueError(f"{name} must be [N={n}], got {tuple(t.shape)}")
+    if isinstance(beta, Tensor):
+        if beta.dim() and beta.shape != (n,):
+            raise ValueError(f"beta must be a float or [N={n}], got {tuple(beta.shape)}")
+        if bool((beta <= 0).any()):
+            raise ValueError("beta must be > 0")
+    elif beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+
+
+def lco_chunked_loss(
+    policy: VocabHead,
+    *,
+    kind: str,
+    beta: Beta,
+    weights: Tensor,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    beta_neg: Optional[float] = None,
+    old: Optional[VocabHead] = None,
+    advantage: str = "dpo",
+    rm: Optional[VocabHead] = None,
+    ref: Optional[VocabHead] = None,
+    sampled_ids: Optional[Tensor] = None,
+    seq_adv: Optional[Tensor] = None,
+    center: bool = True,
+    clip: Optional[float] = None,
+    topk: Optional[int] = None,
+    stats: bool = False,
+) -> tuple[Tensor, dict[str, float]]:
+    """LCO loss (eqs. 8–10) against ``z* = z_old + A/β`` (eq. 7), chunked over tokens.
+
+    Per chunk:
+
+    * ``z_old = old.logits(sl)``, or the policy's own logits detached when ``old`` is None
+      (one update per rollout: π_old = π_θ at the time of the update);
+    * ``A`` (§4.2): ``dpo`` (eq. 13) ``log_softmax(rm) − log_softmax(ref)``; ``logprob``
+      (eq. 12) ``log_softmax(rm)`` (rm = φ); ``sparse`` (eq. 11) the sampled token gets
+      ``seq_adv``, all others 0;
+    * then :func:`~lco_cli.objectives.dense_advantage` shaping: ``center`` / ``clip`` /
+      ``topk`` (support = top-k of ``z_old``). For ``sparse``, ``topk`` is ignored: the
+      support is already the sampled token, and a top-k cut could drop it;
+    * ``loss_t = OBJECTIVES[kind].token_loss(z_θ, z*)``; result ``Σ_t weights_t · loss_t``.
+
+    ``beta`` is a float or ``[N]`` (per-token β). ``beta_neg`` (needs ``sampled_ids``) replaces β
+    on tokens whose *shaped* sampled-token advantage ``A(s_t, a_t)`` is negative — decided inside
+    the chunk loop, since for dense advantages that value only exists there
+    (:func:`~lco_cli.objectives.select_beta`). ``sampled_ids`` is required for ``sparse`` and
+    ``beta_neg`` and, when given, also feeds the telemetry.
+    Returns ``(loss, stats)`` as :func:`chunked_token_loss`.
+    """
+    _validate_lco_inputs(
+        policy, advantage=advantage, old=old, rm=rm, ref=ref, sampled_ids=sampled_ids, seq_adv=seq_adv, beta=beta
+    )
+    if beta_neg is not None and (beta_neg <= 0 or sampled_ids is None):
+        raise ValueError("beta_neg must be > 0 and needs sampled_ids")
+    objective = get_objective(kind)
+    vocab = policy.vocab_size
+    per_token_beta = isinstance(beta, Tensor) and beta.dim() > 0
+
+    def targets(sl: slice) -> dict[str, Tensor]:
+        tgt: dict[str, Tensor] = {}
+        if old is not None:
+            tgt["z_old"] = old.logits(sl)
+        if advantage == "sparse":
+            tgt["seq_adv"] = seq_adv[sl]
+        else:
+            # Raw dense advantage, built here so the RM/ref logits die before the loss runs.
+            adv = _log_softmax_(rm.logits(sl))
+            if advantage == "dpo":
+                adv -= _log_softmax_(ref.logits(sl))
+            tgt["adv"] = adv
+        if sampled_ids is not None:
+            tgt["sampled_ids"] = sampled_ids[sl]
+        if per_token_beta:
+            tgt["beta"] = beta[sl]
+        return tgt
+
+    def token_loss(z, z_old=None, adv=None, seq_adv=None, sampled_ids=None, beta=beta):
+        with torch.no_grad():
+            # The policy's own detached logits double as z_old: no second projection needed.
+            z_old = z.detach() if z_old is None else z_old.to(z.dtype)
+            if advantage == "sparse":
+                adv = sparse_advantage(sampled_ids, seq_adv.to(z.dtype), vocab)
+                adv = dense_advantage_(adv, center=center, clip=clip)
+            else:
+                # Shaping needs z_old (top-k support), which for old=None is only known here.
+                adv = dense_advantage_(adv, center=center, clip=clip, topk=topk, old_logits=z_old)
+            if beta_neg is not None:
+                sampled_adv = adv.gather(-1, sampled_ids.long().unsqueeze(-1)).squeeze(-1)
+                beta = select_beta(beta, beta_neg, sampled_adv)
+            z_star = _optimal_logits_(adv, z_old, beta)  # reuses adv's storage
+        return objective.token_loss(z, z_star)
+
+    return chunked_token_loss(policy, token_loss, weights, chunk_size, targets=targets, stats=stats)
+
+
+# --------------------------------------------------------------------------- log-probs
+
+
+@torch.no_grad()
+def chunked_entropy_and_logprobs(head: VocabHead, sampled_ids: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """Per-token policy entropy ``[N]`` and ``log π(a_t)`` ``[N]``, without grad, O(chunk × V)."""
+    entropy = torch.empty(head.num_tokens, dtype=compute_dtype(head.weight.dtype), device=head.hidden.device)
+    logprob = torch.empty_like(entropy)
+    for sl in _chunks(head.num_tokens, chunk_size):
+        z = head.logits(sl)
+        lse = torch.logsumexp(z, dim=-1)
+        entropy[sl] = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+        logprob[sl] = z.gather(-1, sampled_ids[sl].long().unsqueeze(-1)).squeeze(-1) - lse
+    return entropy, logprob
+
+
+class _SelectiveLogprobs(torch.autograd.Function):
+    """``log π(a_t) = z_t[a_t] − logsumexp(z_t)`` per token, recomputing chunk logits in backward.
+
+    Forward keeps only ``logsumexp [N]``; backward rebuilds each chunk's logits and folds
+    ``∂ log π(a_t)/∂z_t = onehot(a_t) − softmax(z_t)`` into the hidden/weight/bias gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, ids, chunk_size):
+        ids = ids.long()
+        out = torch.empty(hidden.shape[0], dtype=compute_dtype(weight.dtype), device=hidden.device)
+        lse = torch.empty_like(out)
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            for sl in _chunks(hidden.shape[0], chunk_size):
+                z = _project(hidden[sl], weight, bias)
+                lse[sl] = torch.logsumexp(z, dim=-1)
+                out[sl] = z.gather(-1, ids[sl].unsqueeze(-1)).squeeze(-1) - lse[sl]
+        ctx.save_for_backward(hidden, weight, bias, ids, lse)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, ids, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            for sl in _chunks(hidden.shape[0], ctx.chunk_size):
+                h = hidden[sl].to(weight.dtype)
+                go = grad_out[sl].to(lse.dtype).unsqueeze(-1)
+                g = _project(h, weight, bias).sub_(lse[sl].unsqueeze(-1)).exp_()  # softmax
+                g.mul_(-go).scatter_add_(-1, ids[sl].unsqueeze(-1), go)  # go·(onehot − softmax)
+                g = g.to(weight.dtype)
+                if need_h:
+                    grad_h[sl] = (g @ weight).to(hidden.dtype)
+                if need_w:
+                    grad_w.addmm_(g.t(), h)
+                if need_b:
+                    grad_b += g.sum(0).to(bias.dtype)
+        return grad_h, grad_w, grad_b, None, None
+
+
+def chunked_selective_logprobs(head: VocabHead, ids: Tensor, chunk_size: int) -> Tensor:
+    """``log π(a_t)`` ``[N]`` at the given token ids, WITH grad, at O(chunk × V) memory.
+
+    For policy-gradient baselines (REINFORCE/PPO/GRPO/...): equals
+    ``log_softmax(hidden @ Wᵀ + b).gather(ids)`` without materializing ``[N, V]``. Backward
+    recomputes the chunk logits (one extra projection, like activation checkpointing).
+    """
+    if ids.shape != (head.num_tokens,):
+        raise ValueError(f"ids must be [N={head.num_tokens}], got {tuple(ids.shape)}")
+    return _SelectiveLogprobs.apply(head.hidden, head.weight, head.bias, ids, chunk_size)
+
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "ADVANTAGES",
+    "VocabHead",
+    "compute_dtype",
+    "chunked_token_loss",
+    "lco_chunked_loss",
+    "chunked_entropy_and_logprobs",
+    "chunked_selective_logprobs",
+]

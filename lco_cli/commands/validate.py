@@ -1,0 +1,20 @@
+"""`lco validate`: check a whole preset (every problem at once) before anyone spends GPU hours."""
+from __future__ import annotations
+
+import click
+
+from ..config import config_hash, to_dict
+from ..models import parse_tiny_spec
+from .common import split_args
+
+
+@click.command(help="Validate a preset and overrides; reports every problem at once (exit 2 if any).")
+@click.argument("args", nargs=-1, metavar="[PRESET] [KEY=VALUE]...")
+def command(args):
+    from ..config import load
+
+    preset_arg, overrides = split_args(args)
+    name, preset = load(preset_arg, overrides)
+    if preset.model.policy.startswith("tiny"):
+        parse_tiny_spec(preset.model.policy)
+    click.echo(f"{name}: valid (config hash {config_hash(to_dict(preset))})")

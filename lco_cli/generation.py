@@ -1,0 +1,115 @@
+"""Rollout engines and sequence packing.
+
+The engine interface is what `train`, `rm` (self-generated pairs) and `eval` share:
+`generate(prompt_ids, n, ...) -> Rollouts`. The HF engine runs `model.generate` in batches with left
+padding and the KV cache; a vLLM engine implements the same two methods (`generate`,
+`sync_weights`) and is imported only when `train.rollout.engine: vllm` is chosen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Rollouts:
+    """Sampled responses; `group[i]` is the index of the prompt that response i answers."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    texts: list[str]
+    truncated: list[bool]
+    group: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+
+def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int):
+    """Right-padded [prompt | response | pad] tensors.
+
+    Returns input_ids [B,L], attention_mask [B,L] and target_mask [B,L-1], where target_mask[b,t]
+    marks that input_ids[b,t+1] is a response token predicted by the logits at position t.
+    Right padding keeps position ids natural (0..len-1), matching what generate() uses with
+    left padding, so training and sampling see the same positions.
+    """
+    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
+    width = max(lengths)
+    B = len(prompt_ids)
+    input_ids = torch.full((B, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, width), dtype=torch.long)
+    targets = torch.zeros((B, width), dtype=torch.bool)
+    for b, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        seq = list(p) + list(r)
+        input_ids[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention[b, : len(seq)] = 1
+        targets[b, len(p) : len(seq)] = True
+    return input_ids, attention, targets[:, 1:]
+
+
+class HFEngine:
+    """Batched `transformers` generate: left padding, KV cache, temperature/top-p, EOS cut."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 256):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    def sync_weights(self, model) -> None:
+        """The HF engine samples from the training module itself; nothing to push."""
+        self.model = model
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], n: int = 1, *, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 16) -> Rollouts:
+        tok = self.tokenizer
+        eos, pad = tok.eos_token_id, tok.pad_token_id
+        expanded = [(i, p) for i, p in enumerate(prompt_ids) for _ in range(n)]
+        out = Rollouts([], [], [], [], [])
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        try:
+            for start in range(0, len(expanded), self.batch_size):
+                chunk = expanded[start : start + self.batch_size]
+                width = max(len(p) for _, p in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for row, (_, p) in enumerate(chunk):
+                    ids[row, width - len(p) :] = torch.tensor(p)
+                    mask[row, width - len(p) :] = 1
+                sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {"do_sample": False}
+                gen = self.model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                    eos_token_id=eos, pad_token_id=pad, use_cache=True, **sampling,
+                )[:, width:].cpu()
+                for row, (gi, p) in enumerate(chunk):
+                    resp, truncated = _cut_at_eos(gen[row].tolist(), eos)
+                    out.prompt_ids.append(list(p))
+                    out.response_ids.append(resp)
+                    out.texts.append(tok.decode(resp, skip_special_tokens=True))
+                    out.truncated.append(truncated)
+                    out.group.append(gi)
+        finally:
+            self.model.train(was_training)
+        return out
+
+
+def _cut_at_eos(tokens: list[int], eos: int) -> tuple[list[int], bool]:
+    """Keep tokens up to and including the first EOS; no EOS means the response was truncated."""
+    if eos in tokens:
+        return tokens[: tokens.index(eos) + 1], False
+    return tokens, True
+
+
+def make_engine(kind: str, model, tokenizer, batch_size: int):
+    if kind == "vllm":  # imported lazily: the CPU path never imports vllm
+        from .vllm_engine import VLLMEngine
+
+        return VLLMEngine(model, tokenizer, batch_size)
+    return HFEngine(model, tokenizer, batch_size)
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    return [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]

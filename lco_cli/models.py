@@ -1,0 +1,188 @@
+"""Model references, loading, LoRA, saving — and the built-in tiny model.
+
+Every stage loads models the same way, whether `model.policy` is a hub id, a local folder, or the
+built-in `tiny` spec (which is built once into `RUN_DIR/base/` as an ordinary HF folder, so later
+stages load it exactly like a hub model).
+"""
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError, MissingArtifactError
+from .rundir import STAGES_WITH_FINAL, atomic_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import ModelConfig, Preset
+    from .rundir import RunDir
+
+TINY_DEFAULTS = {"hidden": 128, "layers": 4, "heads": 4, "kv_heads": 4, "intermediate": 512, "positions": 64}
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
+# Printable ASCII without the whitespace beyond space: digits and operators for the task, letters
+# so that file-sourced pairs and tests still tokenize.
+TINY_CHARS = string.digits + string.ascii_letters + string.punctuation + " \n"
+
+
+def parse_tiny_spec(spec: str) -> dict | None:
+    """'tiny' or 'tiny:hidden=64,layers=2' -> architecture dict; None for anything else."""
+    if spec != "tiny" and not spec.startswith("tiny:"):
+        return None
+    arch = dict(TINY_DEFAULTS)
+    if ":" in spec:
+        for part in filter(None, spec.split(":", 1)[1].split(",")):
+            key, _, val = part.partition("=")
+            if key not in TINY_DEFAULTS or not val.isdigit() or int(val) <= 0:
+                raise ConfigError(f"model.policy: bad tiny spec '{part}' (keys: {', '.join(TINY_DEFAULTS)}, positive ints)")
+            arch[key] = int(val)
+    if arch["hidden"] % arch["heads"] or arch["heads"] % arch["kv_heads"]:
+        raise ConfigError("model.policy: tiny spec needs hidden % heads == 0 and heads % kv_heads == 0")
+    return arch
+
+
+def char_tokenizer():
+    """A character-level fast tokenizer (BPE with no merges = one token per character)."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
+    for ch in TINY_CHARS:
+        vocab.setdefault(ch, len(vocab))
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=SPECIAL_TOKENS["unk_token"]))
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL_TOKENS)
+    tok.padding_side = "left"  # generation pads on the left; training collators pad explicitly
+    return tok
+
+
+def build_tiny(spec: str, seed: int, out_dir: Path) -> Path:
+    """Build the tiny Qwen2 model + char tokenizer into `out_dir` (idempotent, atomic)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    arch = parse_tiny_spec(spec)
+    marker = out_dir / "lco_tiny.json"
+    wanted = {"spec": spec, "seed": seed, "arch": arch}
+    if marker.exists() and json.loads(marker.read_text()) == wanted:
+        return out_dir
+    tok = char_tokenizer()
+    cfg = Qwen2Config(
+        vocab_size=len(tok), hidden_size=arch["hidden"], intermediate_size=arch["intermediate"],
+        num_hidden_layers=arch["layers"], num_attention_heads=arch["heads"], num_key_value_heads=arch["kv_heads"],
+        max_position_embeddings=arch["positions"], tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "lco_tiny.json").write_text(json.dumps(wanted))
+    return out_dir
+
+
+def looks_like_path(ref: str) -> bool:
+    return ref.startswith((".", "/", "~")) or Path(ref).suffix in (".json", ".jsonl", ".yaml")
+
+
+def resolve_model_ref(ref: str, run: "RunDir", preset: "Preset") -> str:
+    """Stage name -> its final/; 'base' -> model.policy (building tiny); else a path or hub id."""
+    if ref == "base":
+        policy = preset.model.policy
+        if parse_tiny_spec(policy) is not None:
+            return str(build_tiny(policy, preset.seed, run.path / "base"))
+        return resolve_model_ref(policy, run, preset) if policy in STAGES_WITH_FINAL else policy
+    if ref in STAGES_WITH_FINAL:
+        final = run.stage(ref).final
+        if not final.exists():
+            raise MissingArtifactError(f"stage '{ref}' has no output: {final} (run `lco {ref}` first)")
+        return str(final)
+    if parse_tiny_spec(ref) is not None:
+        return str(build_tiny(ref, preset.seed, run.path / "base"))
+    path = Path(ref).expanduser()
+    if path.exists():
+        return str(path)
+    if looks_like_path(ref) or ref.count("/") != 1:
+        raise MissingArtifactError(f"model not found: {ref} (not a stage name, an existing path, or a hub id 'org/name')")
+    return ref  # hub id
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(ref: str, cfg: "ModelConfig"):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ref, trust_remote_code=cfg.trust_remote_code)
+    if tok.pad_token is None:  # many base models ship without one
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(ref: str, cfg: "ModelConfig", *, trainable: bool = True):
+    """Load a causal LM from a folder or hub id (safetensors, no remote code unless allowed)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+    except OSError as exc:
+        raise MissingArtifactError(f"could not load model '{ref}': {str(exc).splitlines()[0]}") from None
+    if trainable:
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        if cfg.lora.enabled:
+            model = apply_lora(model, cfg)
+        model.train()
+    else:
+        model.eval()
+        model.requires_grad_(False)
+    return model
+
+
+def apply_lora(model, cfg: "ModelConfig"):
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def unwrap_for_save(model):
+    """Merge LoRA adapters so final/ loads with plain AutoModelForCausalLM.from_pretrained."""
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
+def save_final(model, tokenizer, final_dir: Path, extra: dict[str, dict] | None = None) -> None:
+    """Write final/ atomically: safetensors weights, tokenizer, and optional JSON side files."""
+    with atomic_dir(final_dir) as tmp:
+        unwrap_for_save(model).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, obj in (extra or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2))
+
+
+def check_same_vocab(tok_a, tok_b, name_a: str, name_b: str) -> None:
+    """Policy and RM must share a vocabulary for token-level advantages (exit 2 otherwise)."""
+    if len(tok_a) != len(tok_b) or tok_a.get_vocab() != tok_b.get_vocab():
+        raise ConfigError(f"tokenizers differ: '{name_a}' ({len(tok_a)} tokens) and '{name_b}' ({len(tok_b)} tokens) "
+                          "must share one vocabulary for token-level advantages")
+
+
+def final_hidden_and_head(model, input_ids, attention_mask):
+    """Final (post-norm) hidden states and the lm_head module of a causal LM (LoRA-aware)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out = base.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state, base.get_output_embeddings()

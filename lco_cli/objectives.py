@@ -1,0 +1,321 @@
+"""Logits Convex Optimization (LCO) objectives — reference, unchunked implementations.
+
+Paper: "Stabilizing Policy Optimization via Logits Convexity" (arXiv 2603.00963).
+
+Per response token ``t`` with logits ``z_θ ∈ R^|V|``:
+
+* optimal logits (eq. 7):   ``z* = z_old + A / β``
+* optimal policy (eq. 6):   ``π* = softmax(z*)``
+* LCO-MSE (eq. 8):          ``mean_V (z_θ − z*)²``                 ∂/∂z = 2(z_θ − z*)/|V|
+* LCO-LCH (eq. 9):          ``mean_V log cosh(z_θ − z*)``          ∂/∂z = tanh(z_θ − z*)/|V|  (eq. 44)
+* LCO-KLD (eq. 10):         ``Σ_V π* (log π* − log π_θ)``          ∂/∂z = π_θ − π*            (eq. 47)
+
+All three are convex in the logits (Lemma 4.6). The target ``z*`` is a constant: it is
+always detached, so gradients only flow into ``z_θ``.
+
+This module works on materialized logits ``[..., V]``; :mod:`lco_cli.chunked` evaluates the
+same per-token losses over the full vocabulary in token chunks without materializing
+``[N, V]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+from torch import Tensor
+
+Beta = Union[float, Tensor]
+
+_LOG2 = math.log(2.0)
+
+
+# --------------------------------------------------------------------------- log cosh
+
+
+class _LogCosh(torch.autograd.Function):
+    """``log cosh(x) = |x| + log1p(exp(−2|x|)) − log 2`` with ``d/dx = tanh(x)``.
+
+    A custom function because (i) the stable formula overflows nowhere, (ii) autograd through
+    it would save several ``[c, V]`` intermediates while we only need ``x``, and (iii) autograd
+    through ``|x|`` gives a wrong second derivative at exactly ``x = 0``; ``tanh`` is smooth,
+    so the Hessian (sech²) is right everywhere, including under double backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        ax = x.abs()
+        return ax + torch.log1p(torch.exp(-2.0 * ax)) - _LOG2
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad_out * torch.tanh(x)
+
+
+def log_cosh(x: Tensor) -> Tensor:
+    """Numerically stable ``log cosh(x)``; its gradient is ``tanh(x)``."""
+    return _LogCosh.apply(x)
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+class LCOObjective:
+    """One LCO objective: a per-token loss of logits ``z`` against the target ``z*``.
+
+    ``token_loss`` and ``logit_grad`` act on the last dimension (the vocabulary) only, so they
+    work on any ``[..., V]`` and rows are independent (the chunked engine relies on this).
+    """
+
+    name: str = ""
+
+    def token_loss(self, z: Tensor, z_star: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Per-token loss ``[...]`` (no reduction over tokens)."""
+        raise NotImplementedError
+
+    def logit_grad(self, z: Tensor, z_star: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Closed-form ``∂ token_loss / ∂ z``, shape ``[..., V]``."""
+        raise NotImplementedError
+
+
+class LCOMSE(LCOObjective):
+    """LCO-MSE, paper eq. (8): ``L = E_t [ 1/|V| Σ_a (z_θ(s_t,a) − z*(s_t,a))² ]``.
+
+    Logit gradient ``2(z_θ − z*)/|V|``; Hessian ``(2/|V|) I`` — strongly convex (Lemma 4.6).
+    """
+
+    name = "mse"
+
+    def token_loss(self, z: Tensor, z_star: Tensor) -> Tensor:
+        return (z - z_star.detach()).square().mean(-1)
+
+    def logit_grad(self, z: Tensor, z_star: Tensor) -> Tensor:
+        return 2.0 * (z - z_star) / z.shape[-1]
+
+
+class LCOLCH(LCOObjective):
+    """LCO-LCH, paper eq. (9): ``L = E_t [ 1/|V| Σ_a log cosh(z_θ(s_t,a) − z*(s_t,a)) ]``.
+
+    Logit gradient ``tanh(z_θ − z*)/|V|`` (eq. 44); Hessian ``diag(sech²(z_θ − z*))/|V|`` —
+    locally strongly convex (Lemma 4.6).
+    """
+
+    name = "lch"
+
+    def token_loss(self, z: Tensor, z_star: Tensor) -> Tensor:
+        return log_cosh(z - z_star.detach()).mean(-1)
+
+    def logit_grad(self, z: Tensor, z_star: Tensor) -> Tensor:
+        return torch.tanh(z - z_star) / z.shape[-1]
+
+
+class LCOKLD(LCOObjective):
+    """LCO-KLD, paper eq. (10): ``L = E_t [ Σ_a π*(a|s_t) log(π*(a|s_t) / π_θ(a|s_t)) ]``.
+
+    ``π* = softmax(z*)`` (eq. 6). Logit gradient ``π_θ − π*`` (eq. 47); Hessian
+    ``diag(π_θ) − π_θ π_θᵀ`` — PSD (Lemma 4.6).
+    """
+
+    name = "kld"
+
+    def token_loss(self, z: Tensor, z_star: Tensor) -> Tensor:
+        with torch.no_grad():
+            log_p_star = torch.log_softmax(z_star, dim=-1)
+            # π* = 0 where z* = −inf (masked logits): clamp so the term is 0·finite = 0, not nan.
+            log_p_star.clamp_(min=torch.finfo(log_p_star.dtype).min)
+            p_star = log_p_star.exp()
+            neg_entropy_star = (p_star * log_p_star).sum(-1)
+        # KL = Σ π* log π* − Σ π* log π_θ; only the cross-entropy term depends on z, and
+        # autograd then keeps just π* and log π_θ for backward (chunk memory matters).
+        del log_p_star
+        cross_entropy = -(p_star * torch.log_softmax(z, dim=-1)).sum(-1)
+        return neg_entropy_star + cross_entropy
+
+    def logit_grad(self, z: Tensor, z_star: Tensor) -> Tensor:
+        return torch.softmax(z, dim=-1) - torch.softmax(z_star, dim=-1)
+
+
+OBJECTIVES: dict[str, type[LCOObjective]] = {"kld": LCOKLD, "mse": LCOMSE, "lch": LCOLCH}
+
+
+def get_objective(kind: str) -> LCOObjective:
+    """Instantiate the objective registered under ``kind`` ("kld", "mse" or "lch")."""
+    try:
+        return OBJECTIVES[kind]()
+    except KeyError:
+        raise ValueError(f"unknown LCO objective {kind!r}; expected one of {sorted(OBJECTIVES)}") from None
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _beta_last(beta: Beta, ref: Tensor) -> Beta:
+    """Make a per-token β ``[...]`` broadcast against ``[..., V]``."""
+    if isinstance(beta, Tensor):
+        return beta.to(ref.dtype).unsqueeze(-1)
+    return float(beta)
+
+
+def optimal_logits(old_logits: Tensor, advantages: Tensor, beta: Beta) -> Tensor:
+    """Optimal logits ``z* = z_old + A/β`` (eq. 7), detached. ``β`` float or per-token ``[...]``."""
+    with torch.no_grad():
+        return old_logits + advantages / _beta_last(beta, old_logits)
+
+
+def select_beta(beta: Beta, beta_neg: float | None, sampled_adv: Tensor) -> Beta:
+    """Per-token β for the ``beta_neg`` option: ``beta_neg`` where the sampled token's advantage
+    ``A(s_t, a_t)`` is negative, ``beta`` elsewhere (``beta`` float or ``[...]``).
+
+    A larger β for negative-advantage tokens damps the push-down of the sampled logit, the
+    update that dominates PPO's gradient spikes (paper §3, Fig. 4). ``None`` returns ``beta``.
+    """
+    if beta_neg is None:
+        return beta
+    beta = torch.as_tensor(beta, dtype=sampled_adv.dtype, device=sampled_adv.device)
+    return torch.where(sampled_adv < 0, torch.as_tensor(float(beta_neg), dtype=beta.dtype, device=beta.device), beta)
+
+
+def masked_token_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of ``values [...]`` over the tokens where ``mask`` is true (all when ``None``).
+
+    Returns 0 (not nan) when the mask is empty, so an all-padding micro-batch is harmless.
+    """
+    if mask is None:
+        return values.mean()
+    mask = mask.to(torch.bool).expand_as(values)
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    return total / mask.sum().clamp_min(1)
+
+
+def lco_loss(
+    logits: Tensor,
+    old_logits: Tensor,
+    advantages: Tensor,
+    beta: Beta,
+    kind: str,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Reference LCO loss (eqs. 8–10) on materialized logits.
+
+    Args:
+        logits: policy logits ``z_θ``, ``[..., V]`` (gradients flow here only).
+        old_logits: behaviour-policy logits ``z_old``, ``[..., V]``.
+        advantages: ``A(s_t, ·)`` over the vocabulary, ``[..., V]``.
+        beta: β, a float or a tensor broadcastable to ``[...]`` (per-token β).
+        kind: ``"mse"`` (eq. 8), ``"lch"`` (eq. 9) or ``"kld"`` (eq. 10).
+        mask: ``[...]`` bool, tokens that count; ``None`` = all tokens.
+
+    Returns:
+        Scalar: mean over masked tokens of the per-token loss.
+    """
+    objective = get_objective(kind)
+    z_star = optimal_logits(old_logits, advantages, beta)
+    return masked_token_mean(objective.token_loss(logits, z_star), mask)
+
+
+# --------------------------------------------------------------------------- advantages
+
+
+def topk_support(old_logits: Tensor, k: int) -> Tensor:
+    """Bool ``[..., V]``: true at the ``k`` largest logits of each token (ties broken by topk)."""
+    k = min(int(k), old_logits.shape[-1])
+    idx = old_logits.topk(k, dim=-1).indices
+    support = torch.zeros_like(old_logits, dtype=torch.bool)
+    return support.scatter_(-1, idx, True)
+
+
+@torch.no_grad()
+def dense_advantage(
+    adv_logprobs: Tensor,
+    *,
+    center: bool = True,
+    clip: float | None = None,
+    topk: int | None = None,
+    old_logits: Tensor | None = None,
+) -> Tensor:
+    """Shape a dense advantage ``A(s_t, ·)`` over the vocabulary (paper §4.2, §4.4).
+
+    ``adv_logprobs`` is the raw advantage ``[c, V]`` (any ``[..., V]`` works), e.g.
+    ``log φ_DPO − log φ_ref`` (eq. 13) or ``log φ`` (eq. 12). Order of operations:
+
+    1. support: with ``topk``, keep only the ``topk`` most likely tokens under ``old_logits``
+       (the authors' practice); without it the support is the whole vocabulary;
+    2. center (``center=True``): subtract the per-token mean over the support. Over the full
+       vocabulary this is a constant shift, so π* = softmax(z_old + A/β) is unchanged, while
+       ‖A‖ — and with it the MSE/LCH convergence bound (eqs. 19–20) — is minimal (§4.4).
+       With ``topk`` the shift applies to the support only, so π* does change;
+    3. clip (``clip``): clamp to ``[−clip, clip]``, after centering so that the clamp is
+       symmetric around the token's mean advantage rather than cutting raw log-probs
+       (which are all negative);
+    4. zero every token outside the support (A = 0 ⇒ z* = z_old there).
+
+    Returns a new tensor (the input is not modified).
+    """
+    return dense_advantage_(adv_logprobs.clone(), center=center, clip=clip, topk=topk, old_logits=old_logits)
+
+
+@torch.no_grad()
+def dense_advantage_(
+    adv: Tensor,
+    *,
+    center: bool = True,
+    clip: float | None = None,
+    topk: int | None = None,
+    old_logits: Tensor | None = None,
+) -> Tensor:
+    """In-place :func:`dense_advantage` (saves one ``[c, V]`` copy in the chunked engine)."""
+    support = None
+    if topk is not None:
+        if old_logits is None:
+            raise ValueError("dense_advantage(topk=...) needs old_logits to pick the support")
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        support = topk_support(old_logits, topk)
+    if center:
+        if support is None:
+            adv -= adv.mean(-1, keepdim=True)
+        else:
+            # Entries outside the support may be -inf (log φ of masked tokens): keep them out.
+            in_support = torch.where(support, adv, torch.zeros_like(adv))
+            adv -= in_support.sum(-1, keepdim=True) / support.sum(-1, keepdim=True)
+    if clip is not None:
+        if clip <= 0:
+            raise ValueError(f"clip must be > 0, got {clip}")
+        adv.clamp_(-float(clip), float(clip))
+    if support is not None:
+        adv.masked_fill_(~support, 0.0)
+    return adv
+
+
+@torch.no_grad()
+def sparse_advantage(sampled_ids: Tensor, seq_adv: Tensor, V: int) -> Tensor:
+    """Sparse advantage, paper eq. (11): ``A(s_t, a) = A_seq`` if ``a = a_t`` (sampled), else 0.
+
+    ``sampled_ids [c]`` (long), ``seq_adv [c]`` (the sequence advantage broadcast to its tokens).
+    Returns ``[c, V]`` in ``seq_adv``'s (floating) dtype — only ever build this on a chunk.
+    """
+    dtype = seq_adv.dtype if seq_adv.is_floating_point() else torch.float32
+    adv = torch.zeros(sampled_ids.shape + (V,), dtype=dtype, device=seq_adv.device)
+    return adv.scatter_(-1, sampled_ids.long().unsqueeze(-1), seq_adv.to(dtype).unsqueeze(-1))
+
+
+__all__ = [
+    "OBJECTIVES",
+    "LCOObjective",
+    "LCOKLD",
+    "LCOMSE",
+    "LCOLCH",
+    "get_objective",
+    "log_cosh",
+    "optimal_logits",
+    "select_beta",
+    "masked_token_mean",
+    "lco_loss",
+    "topk_support",
+    "dense_advantage",
+    "dense_advantage_",
+    "sparse_advantage",
+]

@@ -1,0 +1,1 @@
+"""Bundled presets (installed as the package `lco_cli.presets`)."""
