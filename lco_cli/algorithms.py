@@ -95,19 +95,47 @@ def global_sum(env: TrainEnv, value: torch.Tensor) -> torch.Tensor:
 
 
 class Update:
-    """Base: behaviour/reference log-probs and the common telemetry."""
+    """Base: behaviour/reference log-probs and the common telemetry.
+
+    Hooks the loop calls (defaults do what LCO needs; baselines override them):
+
+    * `collect(sampler, step, examples)` — the step's scored rollout batch (DAPO refills, GKD mixes
+      in dataset responses, MiniLLM samples teacher-mixed); `None` skips the update of the step.
+    * `aux_step()` / `aux_zero_grad()` — after each policy optimizer step / on a skipped one (PPO's
+      value model has its own optimizer).
+    * `diagnostic(key)` — which micro-batch statistics go to metrics.jsonl.
+    """
 
     needs_rm = False
+    #: keep the behaviour policy's hidden states when a batch serves several optimizer steps
+    #: (LCO's frozen z_old); policy-gradient methods only need the frozen log-probs.
+    keeps_old_head = True
+    #: micro-batch statistics (from `micro_loss`) that are logged, by key prefix
+    diagnostic_prefixes: tuple[str, ...] = ("logit_grad", "clip", "ratio", "value", "approx", "explained", "kl_", "dropped")
 
     def __init__(self, cfg: "TrainConfig", env: TrainEnv):
         self.cfg, self.env = cfg, env
+
+    def collect(self, sampler, step: int, examples: list) -> tuple["RolloutBatch | None", dict[str, float]]:
+        """Roll out `train.samples_per_prompt` responses per prompt and score them."""
+        return sampler.sample(examples, self.cfg.samples_per_prompt), {}
+
+    def aux_step(self) -> dict[str, float]:
+        """Called after every policy optimizer step (auxiliary models' optimizers)."""
+        return {}
+
+    def aux_zero_grad(self) -> None:
+        """Called when a step is skipped (non-finite loss or gradient)."""
+
+    def diagnostic(self, key: str) -> bool:
+        return key.startswith(self.diagnostic_prefixes)
 
     @torch.no_grad()
     def prepare(self, batch: "RolloutBatch") -> dict[str, float]:
         """Per-token behaviour log-prob/entropy and reference log-prob for the whole batch."""
         cs = self.env.chunk_size
         old_lp, ent, ref_lp, hidden_old = [], [], [], []
-        keep_old = self.cfg.update_epochs > 1 or self.cfg.minibatches > 1
+        keep_old = self.keeps_old_head and (self.cfg.update_epochs > 1 or self.cfg.minibatches > 1)
         for rows in _rows(batch.size, self.cfg.micro_batch_size):
             mb = batch.subset(rows)
             head = frozen_head(self.env.policy, mb)

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .objectives import dense_advantage_, get_objective, select_beta, sparse_advantage
 
-TokenLoss = Callable[..., Tensor]
+TokenLoss = Callable[..., Union[Tensor, "tuple[Tensor, Optional[Tensor]]"]]
 Targets = Callable[[slice], "dict[str, Tensor]"]
 Beta = Union[float, Tensor]
 
@@ -153,21 +153,26 @@ class _ChunkLoop:
     chunk_size: int
     stats: Optional[_Stats]
 
-    def chunk_loss(self, z: Tensor, sl: slice, need_grad: bool) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-        """Per-token loss ``[c]``, ``∂ℓ_t/∂z_t`` ``[c, V]`` (if needed) and the chunk's sampled ids.
-
-        The targets dict is dropped before returning so its ``[c, V]`` tensors die with the chunk.
-        """
+    def targets_for(self, sl: slice) -> dict:
         with torch.no_grad():
-            tgt = self.targets(sl) if self.targets is not None else {}
+            return self.targets(sl) if self.targets is not None else {}
+
+    def chunk_loss(self, z: Tensor, tgt: dict, need_grad: bool) -> tuple[Tensor, Optional[Tensor]]:
+        """Per-token loss ``[c]`` and, if needed, ``∂ℓ_t/∂z_t`` ``[c, V]`` for one chunk."""
         with torch.enable_grad():
             zc = z.detach().requires_grad_(need_grad)
-            loss_t = self.token_loss(zc, **tgt)
-            if loss_t.shape != z.shape[:1]:
-                raise ValueError(f"token_loss must return per-token losses [{z.shape[0]}], got {tuple(loss_t.shape)}")
-            # Rows are independent, so the gradient of the sum is each token's own ∂ℓ_t/∂z_t.
-            grad = torch.autograd.grad(loss_t.sum(), zc)[0] if need_grad else None
-        return loss_t.detach(), grad, tgt.get("sampled_ids")
+            out = self.token_loss(zc, **tgt)
+            if isinstance(out, tuple):  # closed form: (loss [c], grad [c, V] or None)
+                loss_t, grad = out
+                if need_grad and grad is None:
+                    raise ValueError("token_loss returned no logit gradient although one is needed")
+            else:
+                loss_t = out
+                # Rows are independent, so the gradient of the sum is each token's own ∂ℓ_t/∂z_t.
+                grad = torch.autograd.grad(loss_t.sum(), zc)[0] if need_grad else None
+        if loss_t.shape != z.shape[:1]:
+            raise ValueError(f"token_loss must return per-token losses [{z.shape[0]}], got {tuple(loss_t.shape)}")
+        return loss_t.detach(), grad
 
     def run(
         self,
@@ -187,10 +192,13 @@ class _ChunkLoop:
         grad_b = torch.zeros_like(bias) if need_b else None
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             for sl in _chunks(hidden.shape[0], self.chunk_size):
+                tgt = self.targets_for(sl)  # before z: its temporaries are gone when z exists
+                sampled_ids = tgt.get("sampled_ids")
                 h = hidden[sl].to(weight.dtype)
                 z = _project(h, weight, bias)
                 w = weights[sl].to(cdtype)
-                loss_t, grad, sampled_ids = self.chunk_loss(z, sl, need_grad)
+                loss_t, grad = self.chunk_loss(z, tgt, need_grad)
+                del tgt
                 total += (w * loss_t).sum()
                 if self.stats is not None:
                     self.stats.update(z, grad, w, sampled_ids)
@@ -198,12 +206,14 @@ class _ChunkLoop:
                 if not any(needs):
                     continue
                 g = grad.mul_(w.unsqueeze(-1)).to(weight.dtype)  # dL/dz for L = Σ w_t ℓ_t
+                del grad
                 if need_h:
                     grad_h[sl] = (g @ weight).to(hidden.dtype)
                 if need_w:
                     grad_w.addmm_(g.t(), h)
                 if need_b:
                     grad_b += g.sum(0).to(bias.dtype)
+                del g
         return total, (grad_h, grad_w, grad_b)
 
 
@@ -249,7 +259,9 @@ def chunked_token_loss(
             (whichever require grad; a frozen/LoRA-wrapped head just skips ``grad_weight``).
         token_loss: ``token_loss(z, **targets(sl)) -> [c]``; ``z`` is the chunk's policy logits
             ``[c, V]`` (float32, requires grad). Must act row-wise (token t's loss depends only on
-            row t), which every per-token loss does.
+            row t), which every per-token loss does. It may instead return ``(loss [c], grad)``
+            with the closed-form ``∂ℓ_t/∂z_t`` ``[c, V]`` (or ``None`` when ``z`` does not
+            require grad) to skip autograd — cheaper in memory and time.
         weights: ``[N]`` token weights, constants (no gradient). For the mean over masked
             tokens pass ``mask / mask.sum()``.
         chunk_size: tokens per chunk; memory is O(chunk_size × V).
@@ -397,7 +409,8 @@ def lco_chunked_loss(
                 sampled_adv = adv.gather(-1, sampled_ids.long().unsqueeze(-1)).squeeze(-1)
                 beta = select_beta(beta, beta_neg, sampled_adv)
             z_star = _optimal_logits_(adv, z_old, beta)  # reuses adv's storage
-        return objective.token_loss(z, z_star)
+        # Closed-form loss and logit gradient (eqs. 8–10, 44, 47): fewer [c, V] temporaries.
+        return objective.loss_and_grad(z, z_star, need_grad=z.requires_grad)
 
     return chunked_token_loss(policy, token_loss, weights, chunk_size, targets=targets, stats=stats)
 

@@ -4,6 +4,10 @@ The engine interface is what `train`, `rm` (self-generated pairs) and `eval` sha
 `generate(prompt_ids, n, ...) -> Rollouts`. The HF engine runs `model.generate` in batches with left
 padding and the KV cache; a vLLM engine implements the same two methods (`generate`,
 `sync_weights`) and is imported only when `train.rollout.engine: vllm` is chosen.
+
+MiniLLM's teacher-mixed sampling (Gu et al. 2023, §2.2) draws every next token from
+``α·p_teacher + (1 − α)·π_θ``; `HFEngine.generate(..., teacher=model, teacher_mix_alpha=α)` runs
+that as its own KV-cached decoding loop over both models (`mixed_sample`).
 """
 from __future__ import annotations
 
@@ -62,7 +66,8 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], n: int = 1, *, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 16) -> Rollouts:
+                 max_new_tokens: int = 16, teacher=None, teacher_mix_alpha: float = 0.0) -> Rollouts:
+        """`n` samples per prompt; with `teacher` and α > 0, tokens come from α·p_teacher + (1−α)·π_θ."""
         tok = self.tokenizer
         eos, pad = tok.eos_token_id, tok.pad_token_id
         expanded = [(i, p) for i, p in enumerate(prompt_ids) for _ in range(n)]
@@ -79,11 +84,16 @@ class HFEngine:
                 for row, (_, p) in enumerate(chunk):
                     ids[row, width - len(p) :] = torch.tensor(p)
                     mask[row, width - len(p) :] = 1
-                sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {"do_sample": False}
-                gen = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                    eos_token_id=eos, pad_token_id=pad, use_cache=True, **sampling,
-                )[:, width:].cpu()
+                if teacher is not None and teacher_mix_alpha > 0:
+                    gen = mixed_sample(self.model, teacher, ids.to(device), mask.to(device), teacher_mix_alpha,
+                                       max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                       eos=eos, pad=pad).cpu()
+                else:
+                    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {"do_sample": False}
+                    gen = self.model.generate(
+                        input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                        eos_token_id=eos, pad_token_id=pad, use_cache=True, **sampling,
+                    )[:, width:].cpu()
                 for row, (gi, p) in enumerate(chunk):
                     resp, truncated = _cut_at_eos(gen[row].tolist(), eos)
                     out.prompt_ids.append(list(p))
@@ -94,6 +104,52 @@ class HFEngine:
         finally:
             self.model.train(was_training)
         return out
+
+
+def top_p_filter_(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering of probability rows [B, V] in place (keeps ≥ 1 token), renormalised."""
+    if top_p >= 1.0:
+        return probs
+    sorted_p, order = probs.sort(-1, descending=True)
+    drop = sorted_p.cumsum(-1) - sorted_p > top_p  # mass before this token already exceeds top_p
+    probs.scatter_(-1, order, sorted_p.masked_fill(drop, 0.0))
+    return probs.div_(probs.sum(-1, keepdim=True))
+
+
+@torch.no_grad()
+def mixed_sample(policy, teacher, input_ids, attention_mask, alpha: float, *, max_new_tokens: int,
+                 temperature: float = 1.0, top_p: float = 1.0, eos: int, pad: int) -> torch.Tensor:
+    """Teacher-mixed sampling (MiniLLM §2.2): y_t ~ α·p(·|y_<t) + (1 − α)·π_θ(·|y_<t).
+
+    Left-padded prompts `[B, P]`; both models decode incrementally with their own KV cache
+    (position ids follow the attention mask, as `generate` does with left padding). The two
+    distributions are tempered by `temperature`, mixed in probability space, then nucleus-filtered.
+    Rows that emitted EOS continue with `pad`. Returns the new tokens `[B, ≤ max_new_tokens]`.
+    """
+    mask = attention_mask.clone()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    models, caches, logits = (policy, teacher), [None, None], [None, None]
+    for i, m in enumerate(models):
+        out = m(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        caches[i], logits[i] = out.past_key_values, out.logits[:, -1].float()
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    tokens = []
+    for _ in range(max_new_tokens):
+        p_pol = torch.softmax(logits[0] / temperature, -1)
+        p_tea = torch.softmax(logits[1] / temperature, -1)
+        probs = top_p_filter_(alpha * p_tea + (1.0 - alpha) * p_pol, top_p)
+        nxt = torch.multinomial(probs, 1).squeeze(-1)
+        nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+        tokens.append(nxt)
+        finished |= nxt == eos
+        if bool(finished.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        pos = pos[:, -1:] + 1
+        for i, m in enumerate(models):
+            out = m(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=caches[i], use_cache=True)
+            caches[i], logits[i] = out.past_key_values, out.logits[:, -1].float()
+    return torch.stack(tokens, dim=1) if tokens else input_ids.new_zeros((input_ids.shape[0], 0))
 
 
 def _cut_at_eos(tokens: list[int], eos: int) -> tuple[list[int], bool]:

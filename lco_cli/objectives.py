@@ -63,22 +63,33 @@ def log_cosh(x: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- objectives
 
 
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum(-1)`` without materializing the ``[..., V]`` product."""
+    return torch.einsum("...v,...v->...", a, b)
+
+
 class LCOObjective:
     """One LCO objective: a per-token loss of logits ``z`` against the target ``z*``.
 
-    ``token_loss`` and ``logit_grad`` act on the last dimension (the vocabulary) only, so they
-    work on any ``[..., V]`` and rows are independent (the chunked engine relies on this).
+    All methods act on the last dimension (the vocabulary) only, so they work on any
+    ``[..., V]`` and rows are independent (the chunked engine relies on this).
     """
 
     name: str = ""
 
     def token_loss(self, z: Tensor, z_star: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """Per-token loss ``[...]`` (no reduction over tokens)."""
+        """Per-token loss ``[...]`` (no reduction over tokens), differentiable in ``z``."""
         raise NotImplementedError
 
     def logit_grad(self, z: Tensor, z_star: Tensor) -> Tensor:  # pragma: no cover - abstract
         """Closed-form ``∂ token_loss / ∂ z``, shape ``[..., V]``."""
         raise NotImplementedError
+
+    def loss_and_grad(self, z: Tensor, z_star: Tensor, need_grad: bool = True) -> tuple[Tensor, Tensor | None]:
+        """``(token_loss, logit_grad)`` without autograd, with as few ``[..., V]`` temporaries
+        as possible — what the chunked engine uses (it runs on ``[chunk, V]`` blocks)."""
+        z = z.detach()
+        return self.token_loss(z, z_star), self.logit_grad(z, z_star) if need_grad else None
 
 
 class LCOMSE(LCOObjective):
@@ -95,6 +106,12 @@ class LCOMSE(LCOObjective):
     def logit_grad(self, z: Tensor, z_star: Tensor) -> Tensor:
         return 2.0 * (z - z_star) / z.shape[-1]
 
+    def loss_and_grad(self, z: Tensor, z_star: Tensor, need_grad: bool = True) -> tuple[Tensor, Tensor | None]:
+        vocab = z.shape[-1]
+        diff = z.detach() - z_star
+        loss = _rowdot(diff, diff) / vocab
+        return loss, diff.mul_(2.0 / vocab) if need_grad else None
+
 
 class LCOLCH(LCOObjective):
     """LCO-LCH, paper eq. (9): ``L = E_t [ 1/|V| Σ_a log cosh(z_θ(s_t,a) − z*(s_t,a)) ]``.
@@ -110,6 +127,15 @@ class LCOLCH(LCOObjective):
 
     def logit_grad(self, z: Tensor, z_star: Tensor) -> Tensor:
         return torch.tanh(z - z_star) / z.shape[-1]
+
+    def loss_and_grad(self, z: Tensor, z_star: Tensor, need_grad: bool = True) -> tuple[Tensor, Tensor | None]:
+        vocab = z.shape[-1]
+        diff = z.detach() - z_star
+        grad = torch.tanh(diff).div_(vocab) if need_grad else None
+        ad = diff.abs_()  # log cosh x = |x| + log1p(exp(−2|x|)) − log 2, in place
+        tail = ad.mul(-2.0).exp_().log1p_()
+        loss = (ad.sum(-1) + tail.sum(-1)) / vocab - _LOG2
+        return loss, grad
 
 
 class LCOKLD(LCOObjective):
@@ -136,6 +162,17 @@ class LCOKLD(LCOObjective):
 
     def logit_grad(self, z: Tensor, z_star: Tensor) -> Tensor:
         return torch.softmax(z, dim=-1) - torch.softmax(z_star, dim=-1)
+
+    def loss_and_grad(self, z: Tensor, z_star: Tensor, need_grad: bool = True) -> tuple[Tensor, Tensor | None]:
+        z = z.detach()
+        log_p_star = torch.log_softmax(z_star, dim=-1).clamp_(min=torch.finfo(z_star.dtype).min)
+        p_star = log_p_star.exp()
+        neg_entropy_star = _rowdot(p_star, log_p_star)
+        del log_p_star
+        # Σ π*(log π* − log π_θ) with log π_θ = z − lse(z): −H(π*) − Σ π* z + lse(z) Σ π*
+        loss = neg_entropy_star - _rowdot(p_star, z) + torch.logsumexp(z, dim=-1) * p_star.sum(-1)
+        grad = torch.softmax(z, dim=-1).sub_(p_star) if need_grad else None  # eq. 47
+        return loss, grad
 
 
 OBJECTIVES: dict[str, type[LCOObjective]] = {"kld": LCOKLD, "mse": LCOMSE, "lch": LCOLCH}
@@ -170,7 +207,7 @@ def select_beta(beta: Beta, beta_neg: float | None, sampled_adv: Tensor) -> Beta
     ``A(s_t, a_t)`` is negative, ``beta`` elsewhere (``beta`` float or ``[...]``).
 
     A larger β for negative-advantage tokens damps the push-down of the sampled logit, the
-    update that dominates PPO's gradient spikes (paper §3, Fig. 4). ``None`` returns ``beta``.
+    updates the paper finds to dominate PPO's gradient norm (Fig. 4). ``None`` returns ``beta``.
     """
     if beta_neg is None:
         return beta

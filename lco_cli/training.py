@@ -25,10 +25,14 @@ INTERRUPT_ENV = "LCO_INTERRUPT_AT_STEP"  # test hook: raise KeyboardInterrupt af
 # --------------------------------------------------------------------------- stage lifecycle
 
 
-def stage_config_hash(preset: Preset, stage: str) -> str:
-    """Hash of what a stage's output depends on: its own section plus model/task/seed."""
+def stage_inputs(preset: Preset, stage: str) -> dict:
+    """What a stage's output depends on: its own section plus model/task/seed."""
     d = to_dict(preset)
-    return config_hash({"stage": d[stage], "model": d["model"], "task": d["task"], "seed": d["seed"]})
+    return {stage: d[stage], "model": d["model"], "task": d["task"], "seed": d["seed"]}
+
+
+def stage_config_hash(preset: Preset, stage: str) -> str:
+    return config_hash(stage_inputs(preset, stage))
 
 
 @contextlib.contextmanager
@@ -52,7 +56,8 @@ def stage_run(run: RunDir, preset_name: str, preset: Preset, stage: str, acceler
             clear_stage(sd)
         run.write_header(preset_name, resolved, config_hash(resolved))
         atomic_write_text(sd.path / "config.yaml", dump_yaml(resolved[stage]))
-        sd.set_status("running", config_hash=section_hash, step=previous.get("step", 0) if sd.resume else 0)
+        sd.set_status("running", config_hash=section_hash, step=previous.get("step", 0) if sd.resume else 0,
+                      inputs=stage_inputs(preset, stage))
         barrier()
         try:
             yield sd
