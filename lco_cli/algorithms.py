@@ -71,6 +71,8 @@ class TrainEnv:
     reward: Any                 # DPOReward or None
     accelerator: Any
     chunk_size: int
+    init_from: Any = None       # resolved initial-policy location (PPO builds its value model from it)
+    model_cfg: Any = None       # preset.model (dtype, LoRA, ...)
 
     @property
     def world(self) -> int:

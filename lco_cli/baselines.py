@@ -539,8 +539,10 @@ class PPO(BaselineLoss):
         lam: float = 0.95  #: GAE λ (TRL)
         kl_coef: float = 0.05  #: per-token KL reward penalty (TRL)
         whiten_advantages: bool = True  #: TRL whitens GAE advantages
+        value_lr: Optional[float] = None  #: value model's own learning rate; None → train.lr (TRL: one lr)
 
         def _check(self, c: _Checks) -> None:
+            c.require(self.value_lr is None or self.value_lr > 0, "value_lr must be > 0")
             c.require(0 < self.cliprange < 1, "cliprange must be in (0, 1)")
             c.require(self.cliprange_value > 0, "cliprange_value must be > 0")
             c.require(self.vf_coef >= 0, "vf_coef must be >= 0")
@@ -713,6 +715,7 @@ class DAPO(_GroupAdvantages, BaselineLoss):
         overlong_shaping: bool = True  #: soft overlong punishment (§3.4)
         max_response_length: int = 20480  #: L_max (DAPO §4.1)
         overlong_cache: int = 4096  #: L_cache (DAPO §4.1)
+        max_gen_batches: int = 3  #: rollout rounds per step for dynamic sampling, the first included (verl's recipe: 10)
 
         def _check(self, c: _Checks) -> None:
             c.require(0 < self.eps_low < 1, "eps_low must be in (0, 1)")
@@ -720,6 +723,7 @@ class DAPO(_GroupAdvantages, BaselineLoss):
             _check_group(c, self.group_size, 2)
             c.require(self.adv_eps >= 0, "adv_eps must be >= 0")
             c.require(self.max_response_length > 0, "max_response_length must be > 0")
+            c.require(isinstance(self.max_gen_batches, int) and self.max_gen_batches >= 1, "max_gen_batches must be an int >= 1")
             c.require(
                 0 <= self.overlong_cache <= self.max_response_length,
                 "overlong_cache must be in [0, max_response_length]",

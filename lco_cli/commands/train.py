@@ -3,12 +3,17 @@
 Per step: sample `batch_size` prompts × `samples_per_prompt` responses from the current policy,
 score them (verifier and/or the DPO RM), let the algorithm's `Update` precompute its frozen
 quantities, then take `update_epochs` × `minibatches` optimizer steps. Telemetry per DESIGN §3.
+
+Only the objective differs between algorithms; the hooks of `algorithms.Update` cover what else
+a baseline needs: `collect` (DAPO's dynamic-sampling refill, GKD's dataset responses, MiniLLM's
+teacher-mixed sampling) through the `Sampler` below, and `aux_step` (PPO's value optimizer).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 
 import click
 import torch
@@ -16,7 +21,7 @@ import torch
 from .. import models
 from ..algorithms import HiddenStatesLM, TrainEnv, make_update, needs_reward_model, token_slice
 from ..errors import ConfigError, StageFailedError
-from ..generation import encode_prompts, make_engine
+from ..generation import Rollouts, encode_prompts, make_engine
 from ..reward import DPOReward
 from ..rollout import RolloutBatch, from_rollouts
 from ..tasks import get_task, greedy_accuracy
@@ -77,6 +82,99 @@ def sequence_advantages(rewards: torch.Tensor, group: torch.Tensor, norm: str, a
     return adv
 
 
+@dataclass
+class Scored:
+    """Scored rollouts of one sampling round, before packing: `examples[g]` is group g's problem."""
+
+    examples: list
+    roll: Rollouts
+    correct: list[bool]
+    rewards: torch.Tensor  # [n] on the CPU
+
+    def __len__(self) -> int:
+        return len(self.roll)
+
+    def groups(self) -> list[list[int]]:
+        """Row indices of each group, in group order."""
+        out: list[list[int]] = [[] for _ in self.examples]
+        for i, g in enumerate(self.roll.group):
+            out[g].append(i)
+        return out
+
+    def select_groups(self, keep: list[int]) -> "Scored":
+        """The groups `keep` (in that order), renumbered 0..len(keep)-1."""
+        rows_of = self.groups()
+        rows = [i for g in keep for i in rows_of[g]]
+        new_g = {g: k for k, g in enumerate(keep)}
+        r = self.roll
+        roll = Rollouts([r.prompt_ids[i] for i in rows], [r.response_ids[i] for i in rows], [r.texts[i] for i in rows],
+                        [r.truncated[i] for i in rows], [new_g[r.group[i]] for i in rows])
+        return Scored([self.examples[g] for g in keep], roll, [self.correct[i] for i in rows], self.rewards[rows])
+
+    @staticmethod
+    def concat(parts: list["Scored"]) -> "Scored":
+        roll, examples, correct, offset = Rollouts([], [], [], [], []), [], [], 0
+        for p in parts:
+            roll.prompt_ids += p.roll.prompt_ids
+            roll.response_ids += p.roll.response_ids
+            roll.texts += p.roll.texts
+            roll.truncated += p.roll.truncated
+            roll.group += [g + offset for g in p.roll.group]
+            examples += p.examples
+            correct += p.correct
+            offset += len(p.examples)
+        return Scored(examples, roll, correct, torch.cat([p.rewards for p in parts]) if parts else torch.zeros(0))
+
+
+class Sampler:
+    """What `Update.collect` uses to get scored rollout batches (one per process)."""
+
+    def __init__(self, cfg, engine, policy, tok, task, reward, acc, seed: int):
+        self.cfg, self.engine, self.policy, self.tok, self.task = cfg, engine, policy, tok, task
+        self.reward, self.acc, self.seed = reward, acc, seed
+        self.samples = 0  # responses sampled on this process in the current step
+
+    def generate(self, examples: list, n: int, **gen_kwargs) -> Scored:
+        """`n` on-policy responses per problem (extra kwargs go to `engine.generate`), scored."""
+        cfg = self.cfg
+        self.engine.sync_weights(self.acc.unwrap_model(self.policy).lm)
+        roll = self.engine.generate(encode_prompts(self.tok, [e.prompt for e in examples]), n,
+                                    temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                    max_new_tokens=cfg.rollout.max_new_tokens, **gen_kwargs)
+        self.samples += len(roll)
+        return self._score(examples, roll)
+
+    def dataset(self, examples: list) -> Scored:
+        """The task's ground-truth answers as responses (answer + EOS), one per problem."""
+        tok = self.tok
+        prompts = encode_prompts(tok, [e.prompt for e in examples])
+        responses = [tok(e.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for e in examples]
+        roll = Rollouts(prompts, responses, [e.answer for e in examples], [False] * len(examples), list(range(len(examples))))
+        return self._score(examples, roll)
+
+    def _score(self, examples: list, roll: Rollouts) -> Scored:
+        correct = [self.task.check(examples[g], text)[1] for g, text in zip(roll.group, roll.texts)]
+        batch = from_rollouts(roll, self.tok.pad_token_id, correct).to(self.acc.device)
+        score(batch, self.cfg, self.reward, roll.texts, examples, self.task)
+        return Scored(list(examples), roll, correct, batch.rewards.float().cpu())
+
+    def pack(self, scored: Scored) -> RolloutBatch:
+        batch = from_rollouts(scored.roll, self.tok.pad_token_id, scored.correct).to(self.acc.device)
+        batch.rewards = scored.rewards.to(self.acc.device)
+        return batch
+
+    def sample(self, examples: list, n: int, **gen_kwargs) -> RolloutBatch:
+        """Generate, score and pack in one go (the default `collect`)."""
+        return self.pack(self.generate(examples, n, **gen_kwargs))
+
+    def extra_examples(self, step: int, round_: int, k: int) -> list:
+        """`k` more training problems for this process (DAPO refill), seeded by (seed, step, round, rank)."""
+        import random
+
+        rng = random.Random(f"refill-{self.seed}-{step}-{round_}-{self.acc.process_index}")
+        return [self.task.train[i] for i in rng.sample(range(len(self.task.train)), k)]
+
+
 def run_train(ctx: Context) -> dict:
     p, cfg = ctx.preset, ctx.preset.train
     acc = make_accelerator(cfg.mixed_precision, p.seed)
@@ -91,13 +189,15 @@ def run_train(ctx: Context) -> dict:
         opt = make_optimizer(policy, cfg.lr, cfg.weight_decay)
         sched = make_scheduler(opt, opt_steps, cfg.warmup_steps, kind="constant")
         policy, opt, sched = acc.prepare(policy, opt, sched)
-        env = TrainEnv(cfg, policy, reference, adv_source, acc, cfg.loss_chunk_size)
+        env = TrainEnv(cfg, policy, reference, adv_source, acc, cfg.loss_chunk_size, init_from=init, model_cfg=p.model)
         update = make_update(cfg, env)
         state = load_checkpoint(sd, acc) or {"step": 0}
         start, skipped_total = state["step"], state.get("skipped_steps", 0)
         if acc.is_main_process:
             sd.metrics.truncate_after(start)
         engine = make_engine(cfg.rollout.engine, acc.unwrap_model(policy).lm, tok, cfg.rollout.batch_size)
+        sampler = Sampler(cfg, engine, policy, tok, task, reward, acc, p.seed)
+        samples_total = state.get("rollout_samples", 0)
         trainable = [q for q in policy.parameters() if q.requires_grad]
         progress = Progress("train", cfg.steps, start, enabled=acc.is_main_process, every=max(1, cfg.log_every))
         consecutive_skips = 0
@@ -112,19 +212,22 @@ def run_train(ctx: Context) -> dict:
             examples = [task.train[i] for i in shard(idx, acc.process_index, acc.num_processes)]
             # Seed per (step, rank): a resumed run samples exactly what the uninterrupted one did.
             torch.manual_seed(p.seed * 1_000_003 + step * 131 + acc.process_index)
-            engine.sync_weights(acc.unwrap_model(policy).lm)
-            roll = engine.generate(encode_prompts(tok, [e.prompt for e in examples]), cfg.samples_per_prompt,
-                                   temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                   max_new_tokens=cfg.rollout.max_new_tokens)
+            sampler.samples = 0
+            batch, collect_stats = update.collect(sampler, step, examples)
             t_gen = time.time() - t0
-            correct = [task.check(examples[g], text)[1] for g, text in zip(roll.group, roll.texts)]
-            batch = from_rollouts(roll, tok.pad_token_id, correct).to(acc.device)
-            score(batch, cfg, reward, roll.texts, examples, task)
-            batch.rewards = batch.rewards.to(acc.device)
-            if cfg.algo == "lco" and cfg.advantage == "sparse":
-                batch.extras["seq_adv"] = sequence_advantages(batch.rewards.cpu(), batch.group.cpu(), cfg.advantage_norm, acc).to(acc.device)
-            stats = update.prepare(batch)
-            row, skipped = _optimize(update, batch, cfg, acc, opt, sched, trainable, step)
+            n_samples = float(acc.reduce(torch.tensor(float(sampler.samples), device=acc.device), "sum"))
+            samples_total += int(n_samples)
+            if batch is None:  # nothing to learn from this step (DAPO: every group had equal rewards)
+                stats, row, skipped = {}, {"loss": float("nan"), "grad_norm": float("nan"), "update_skipped": 1}, False
+                batch = collect_stats.pop("log_batch")
+            else:
+                if cfg.algo == "lco" and cfg.advantage == "sparse":
+                    batch.extras["seq_adv"] = sequence_advantages(batch.rewards.cpu(), batch.group.cpu(), cfg.advantage_norm, acc).to(acc.device)
+                stats = update.prepare(batch)
+                row, skipped = _optimize(update, batch, cfg, acc, opt, sched, trainable, step)
+            collect_stats.pop("log_batch", None)
+            row.update(collect_stats)
+            row.update({"rollout_samples": n_samples, "rollout_samples_total": samples_total})
             consecutive_skips = consecutive_skips + 1 if skipped else 0
             skipped_total += int(skipped)
             if consecutive_skips >= cfg.max_skipped:
@@ -142,7 +245,7 @@ def run_train(ctx: Context) -> dict:
                 sd.metrics.append(row)
             progress.update(step, {k: row[k] for k in ("loss", "reward_mean", "heldout_acc") if k in row})
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                save_checkpoint(sd, acc, step, cfg.keep_checkpoints, {"skipped_steps": skipped_total})
+                save_checkpoint(sd, acc, step, cfg.keep_checkpoints, {"skipped_steps": skipped_total, "rollout_samples": samples_total})
             maybe_interrupt(step)
         progress.close()
         sd.final_step = cfg.steps
@@ -173,6 +276,7 @@ def _optimize(update, batch, cfg, acc, opt, sched, trainable, step) -> tuple[dic
             out["grad_norm"] = grad_norm
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 opt.zero_grad(set_to_none=True)
+                update.aux_zero_grad()
                 skipped = True
                 continue
             if cfg.max_grad_norm > 0:
@@ -180,6 +284,7 @@ def _optimize(update, batch, cfg, acc, opt, sched, trainable, step) -> tuple[dic
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            out.update(update.aux_step())
             for k, v in {"loss": loss, **out}.items():
                 sums[k] = sums.get(k, 0.0) + v
     n = max(cfg.update_epochs * cfg.minibatches, 1)
@@ -198,7 +303,7 @@ def _backward(update, batch, rows, cfg, acc, part: str, stats: bool = False) -> 
     """Forward/backward over contiguous micro-batches of `rows`; no DDP sync until the last."""
     micro = cfg.micro_batch_size
     groups = _contiguous(rows, micro)
-    total, agg, weight = 0.0, {}, 0.0
+    total, agg, weight, extreme = 0.0, {}, {}, {}
     for i, mrows in enumerate(groups):
         last = i == len(groups) - 1
         with (contextlib.nullcontext() if last else acc.no_sync(update.env.policy)):
@@ -207,11 +312,17 @@ def _backward(update, batch, rows, cfg, acc, part: str, stats: bool = False) -> 
         total += float(loss.detach())
         n_tok = float(batch.response_len[mrows].sum())
         for k, v in st.items():
-            agg[k] = agg.get(k, 0.0) + v * n_tok
-        weight += n_tok
+            if not update.diagnostic(k):
+                continue
+            if k.endswith(("_min", "_max")):  # extremes stay extremes across micro-batches
+                pick = min if k.endswith("_min") else max
+                extreme[k] = pick(extreme[k], v) if k in extreme else v
+            elif math.isfinite(v):
+                agg[k] = agg.get(k, 0.0) + v * n_tok
+                weight[k] = weight.get(k, 0.0) + n_tok
     loss_value = float(acc.reduce(torch.tensor(total, device=acc.device), "sum")) / acc.num_processes
-    out = {k: v / max(weight, 1.0) for k, v in agg.items() if k.startswith(("logit_grad", "clip", "ratio", "value", "approx", "explained", "kl_", "dropped"))}
-    return {"loss": loss_value, **out}
+    out = {k: v / max(weight[k], 1.0) for k, v in agg.items()}
+    return {"loss": loss_value, **out, **extreme}
 
 
 def _contiguous(rows: list[int], micro: int) -> list[list[int]]:
@@ -239,6 +350,9 @@ def _split_backward(update, batch, rows, cfg, acc, trainable) -> dict:
         for k in ("logit_grad_sampled", "logit_grad_other"):
             if k in part:
                 out[f"{k}_{name}"] = part[k]
+    for k, v in pos.items():  # other diagnostics are whole-batch values in every part (see Update.micro_loss)
+        if k not in out and k != "loss" and not k.startswith("logit_grad"):
+            out[k] = v
     if "logit_grad_sampled" in pos and "logit_grad_sampled" in neg:
         fpos = float((batch.extras.get("adv_sampled", torch.ones(1)) >= 0).float().mean())
         for k in ("logit_grad_sampled", "logit_grad_other"):
