@@ -7,6 +7,9 @@ Cases (forward + backward each, from synthetic final hidden states, float32):
 * ``chunked`` — the same loss through :func:`lco_cli.chunked.lco_chunked_loss`;
 * ``grpo``    — a GRPO-style loss that needs only sampled-token log-probs, computed TRL-style:
   materialized ``[B, T, V]`` logits, ``gather`` minus a per-sequence ``logsumexp`` loop;
+* ``grpo_kl`` (optional) — ``grpo`` plus the k3 KL to a reference model (β_KL = 0.04, the
+  original GRPO setting; the project's GRPO baseline uses it), whose sampled-token log-probs are
+  computed first under ``no_grad`` the same TRL way: one more ``N×H×V`` projection;
 * ``chunked_sparse`` (optional) — LCO-KLD with the sparse advantage (eq. 11) through the chunked
   engine: no RM/ref projections, so it costs the same three ``N×H×V`` matmuls as ``grpo`` and
   isolates the engine's own overhead;
@@ -16,6 +19,9 @@ Each case runs in a fresh subprocess. Peak memory is the growth over the inputs 
 hidden states and ``lm_head`` weights, allocated and touched first): on CPU the delta of
 ``ru_maxrss`` (the kernel's high-water mark; tracemalloc cannot see torch's allocations), on GPU
 ``torch.cuda.max_memory_allocated``. The ``[V, H]`` weight gradient is part of every case.
+Time is the CPU time of the worker process (all threads) on CPU — the wall clock of a shared
+machine depends on its neighbours, so it is printed too but not used for ratios — and the
+synchronized wall clock on GPU.
 Workers run with ``MALLOC_MMAP_THRESHOLD_=131072`` so that glibc returns freed tensors to the OS
 at once (its default dynamic threshold keeps freed blocks ≤ 32 MiB in the heap, and RSS would
 then overstate what is live); ``--glibc-default`` turns this off.
@@ -38,7 +44,7 @@ import time
 DEFAULT_SIZES = "32000x2048,32000x4096,152000x2048,152000x4096"
 QUICK_SIZES = "8000x512,16000x1024"
 DEFAULT_CASES = "naive,chunked,grpo"
-ALL_CASES = ("naive", "chunked", "grpo", "chunked_sparse", "grpo_chunked")
+ALL_CASES = ("naive", "chunked", "grpo", "grpo_kl", "chunked_sparse", "grpo_chunked")
 GIB = 1024**3
 # Peak of the naive case in [N, V] float32 copies, besides its inputs (measured ~5.6 at
 # V=32000 and V=152000, N=2048 on CPU; rounded up for safety).
@@ -58,10 +64,10 @@ def _inputs(case: str, V: int, N: int, H: int, device: str):
         return torch.randn(*shape, generator=g, device=device).mul_(scale)
 
     x = {"h": randn(N, H).requires_grad_(), "W": randn(V, H, scale=H**-0.5).requires_grad_()}
-    if case in ("naive", "chunked"):
-        for name in ("rm", "ref"):
-            x[f"h_{name}"], x[f"W_{name}"] = randn(N, H), randn(V, H, scale=H**-0.5)
-    else:
+    models = {"naive": ("rm", "ref"), "chunked": ("rm", "ref"), "grpo_kl": ("ref",)}.get(case, ())
+    for name in models:
+        x[f"h_{name}"], x[f"W_{name}"] = randn(N, H), randn(V, H, scale=H**-0.5)
+    if case not in ("naive", "chunked"):
         x["ids"] = torch.randint(0, V, (N,), generator=g, device=device)
         x["adv"] = randn(N)
     return x
@@ -124,12 +130,29 @@ def _grpo_loss(logp, adv):
     return -(ratio * adv).mean()
 
 
-def _grpo(x, chunk_size):
-    n, _ = x["h"].shape
+def _trl_logprobs(h, W, ids):
+    """Sampled-token log-probs from materialized [B, T, V] logits (T = the sequence length)."""
+    n = h.shape[0]
     seq = min(SEQ_LEN, n)
-    logits = (x["h"] @ x["W"].T).view(n // seq, seq, -1)
-    logp = _trl_selective_log_softmax(logits, x["ids"].view(n // seq, seq)).reshape(n)
-    loss = _grpo_loss(logp, x["adv"])
+    logits = (h @ W.T).view(n // seq, seq, -1)
+    return _trl_selective_log_softmax(logits, ids.view(n // seq, seq)).reshape(n)
+
+
+def _grpo(x, chunk_size):
+    loss = _grpo_loss(_trl_logprobs(x["h"], x["W"], x["ids"]), x["adv"])
+    loss.backward()
+    return loss
+
+
+def _grpo_kl(x, chunk_size, kl_coef=0.04):
+    import torch
+
+    with torch.no_grad():  # TRL computes the reference log-probs before the policy pass
+        ref_logp = _trl_logprobs(x["h_ref"], x["W_ref"], x["ids"])
+    logp = _trl_logprobs(x["h"], x["W"], x["ids"])
+    delta = ref_logp - logp
+    k3 = torch.exp(delta) - delta - 1  # Schulman's k3 estimator of KL(π_θ ‖ π_ref)
+    loss = _grpo_loss(logp, x["adv"]) + kl_coef * k3.mean()
     loss.backward()
     return loss
 
@@ -142,8 +165,14 @@ def _chunked_sparse(x, chunk_size):
     n = x["h"].shape[0]
     weights = torch.full((n,), 1.0 / n, device=x["h"].device)
     loss, _ = lco_chunked_loss(
-        VocabHead(x["h"], x["W"]), kind="kld", beta=1.0, weights=weights, chunk_size=chunk_size,
-        advantage="sparse", sampled_ids=x["ids"], seq_adv=x["adv"],
+        VocabHead(x["h"], x["W"]),
+        kind="kld",
+        beta=1.0,
+        weights=weights,
+        chunk_size=chunk_size,
+        advantage="sparse",
+        sampled_ids=x["ids"],
+        seq_adv=x["adv"],
     )
     loss.backward()
     return loss
@@ -162,6 +191,7 @@ CASES = {
     "naive": _naive_lco,
     "chunked": _chunked_lco,
     "grpo": _grpo,
+    "grpo_kl": _grpo_kl,
     "chunked_sparse": _chunked_sparse,
     "grpo_chunked": _grpo_chunked,
 }
@@ -182,31 +212,56 @@ def worker(case: str, V: int, N: int, H: int, chunk_size: int, device: str, repe
         base = torch.cuda.memory_allocated()
     else:
         base = _maxrss_bytes()
-    times = []
+    walls, cpus = [], []
     for _ in range(repeat):
         for name in ("h", "W"):
             x[name].grad = None  # each run allocates its gradients like a fresh step
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         loss = CASES[case](x, chunk_size)
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else _maxrss_bytes()
-    return {"case": case, "V": V, "N": N, "peak_gib": (peak - base) / GIB, "seconds": min(times),
-            "loss": float(loss), "chunk_size": chunk_size}
+    # On a shared CPU the wall clock depends on the neighbours; CPU time (all threads) does not.
+    seconds = min(walls) if device == "cuda" else min(cpus)
+    return {
+        "case": case,
+        "V": V,
+        "N": N,
+        "peak_gib": (peak - base) / GIB,
+        "seconds": seconds,
+        "wall_s": min(walls),
+        "cpu_s": min(cpus),
+        "loss": float(loss),
+        "chunk_size": chunk_size,
+    }
 
 
 # --------------------------------------------------------------------------- driver side
 
 
 def _run_case(case, V, N, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, "--sizes", f"{V}x{N}",
-           "--hidden", str(args.hidden), "--chunk-size", str(args.chunk_size), "--device", args.device,
-           "--repeat", str(args.repeat)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        case,
+        "--sizes",
+        f"{V}x{N}",
+        "--hidden",
+        str(args.hidden),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--device",
+        args.device,
+        "--repeat",
+        str(args.repeat),
+    ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([_repo_root(), os.environ.get("PYTHONPATH", "")]))
     if not args.glibc_default:
         env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)  # failures are reported per case
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return {"case": case, "V": V, "N": N, "skipped": f"failed (rc={proc.returncode}: {tail})"}
@@ -221,10 +276,11 @@ def _fmt_ratio(a, b):
     return f"{a / b:.2f}×" if a is not None and b else "—"
 
 
-def _table(results: list[dict], cases: list[str]) -> str:
+def _table(results: list[dict], cases: list[str], device: str) -> str:
+    clock = "CPU time" if device == "cpu" else "time"
     lines = [
-        "| V | N | case | peak extra mem (GiB) | fwd+bwd time (s) | mem / grpo | time / grpo |",
-        "|---:|---:|---|---:|---:|---:|---:|",
+        f"| V | N | case | peak extra mem (GiB) | fwd+bwd {clock} (s) | wall (s) | mem / grpo | time / grpo |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     by_key = {(r["V"], r["N"], r["case"]): r for r in results}
     for V, N in dict.fromkeys((r["V"], r["N"]) for r in results):
@@ -234,11 +290,11 @@ def _table(results: list[dict], cases: list[str]) -> str:
             if r is None:
                 continue
             if "skipped" in r:
-                lines.append(f"| {V} | {N} | {case} | {r['skipped']} | | | |")
+                lines.append(f"| {V} | {N} | {case} | {r['skipped']} | | | | |")
                 continue
             mem = _fmt_ratio(r["peak_gib"], grpo.get("peak_gib"))
             tim = _fmt_ratio(r["seconds"], grpo.get("seconds"))
-            lines.append(f"| {V} | {N} | {case} | {r['peak_gib']:.2f} | {r['seconds']:.1f} | {mem} | {tim} |")
+            lines.append(f"| {V} | {N} | {case} | {r['peak_gib']:.2f} | {r['seconds']:.1f} | {r['wall_s']:.1f} | {mem} | {tim} |")
     return "\n".join(lines)
 
 
@@ -276,7 +332,7 @@ def main(argv=None) -> int:
     sizes = _parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
 
     if args.worker:
-        (V, N), = sizes
+        ((V, N),) = sizes
         print(json.dumps(worker(args.worker, V, N, args.hidden, args.chunk_size, args.device, args.repeat)))
         return 0
 
@@ -284,8 +340,11 @@ def main(argv=None) -> int:
     unknown = set(cases) - set(ALL_CASES)
     if unknown:
         p.error(f"unknown case(s) {sorted(unknown)}; choose from {ALL_CASES}")
-    print(f"device={args.device} H={args.hidden} chunk_size={args.chunk_size} repeat={args.repeat} torch={torch.__version__} "
-          f"threads={torch.get_num_threads()}", flush=True)
+    print(
+        f"device={args.device} H={args.hidden} chunk_size={args.chunk_size} repeat={args.repeat} torch={torch.__version__} "
+        f"threads={torch.get_num_threads()}",
+        flush=True,
+    )
     results = []
     t0 = time.perf_counter()
     for V, N in sizes:
@@ -296,10 +355,12 @@ def main(argv=None) -> int:
             else:
                 r = _run_case(case, V, N, args)
             results.append(r)
-            shown = r.get("skipped") or f"{r['peak_gib']:.2f} GiB, {r['seconds']:.1f} s, loss {r['loss']:.4g}"
+            shown = r.get("skipped") or (
+                f"{r['peak_gib']:.2f} GiB, {r['seconds']:.1f} s (wall {r['wall_s']:.1f} s), loss {r['loss']:.4g}"
+            )
             print(f"  V={V} N={N} {case}: {shown}", flush=True)
     print(f"total {time.perf_counter() - t0:.0f} s\n")
-    print(_table(results, cases))
+    print(_table(results, cases, args.device))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=1)

@@ -89,10 +89,19 @@ def response_mask(lens: torch.Tensor) -> torch.Tensor:
     return torch.arange(width, device=lens.device)[None, :] < lens[:, None]
 
 
-def padded(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Flat row-major response-token values [N] -> [b, T] (0 at padding); keeps autograd."""
-    out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+def padded(values: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """Flat row-major response-token values [N] -> [b, T] (`fill` at padding); keeps autograd."""
+    out = torch.full(mask.shape, fill, dtype=values.dtype, device=values.device)
     return out.masked_scatter(mask.to(values.device), values)
+
+
+def by_group(fn, values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Apply a loss class's grouped function (it expects each prompt's G samples adjacent) to a
+    batch whose rows may be in any order (the loop shuffles rows for minibatches)."""
+    order = torch.sort(group.to(values.device), stable=True).indices
+    out = torch.empty_like(values)
+    out[order] = fn(values[order])
+    return out
 
 
 def part_mask(adv: torch.Tensor, part: str) -> torch.Tensor:
@@ -164,7 +173,6 @@ class PolicyGradientUpdate(Update):
     def __init__(self, cfg, env: TrainEnv):
         super().__init__(cfg, env)
         self.algo = self.loss_cls(algo_config(cfg, self.loss_cls))
-        self.needs_rm = cfg.reward == "rm"
 
     # ---- prepare
 
@@ -219,15 +227,7 @@ class PolicyGradientUpdate(Update):
             with torch.no_grad():
                 _, diag = self.algo.loss(logprobs=padded(logprobs.detach(), mask), mask=mask,
                                          **{k: padded(v.detach(), mask) for k, v in inputs.items()})
-        loss = loss * self.scale(batch, rows)
-        extra, extra_diag = self.extra_loss(batch, rows, tokens, mb, head, keep, stats)
-        if extra is not None:
-            loss = loss + extra
-        return loss, {**self.rename(diag), **extra_diag}
-
-    def extra_loss(self, batch, rows, tokens, mb, head, keep, stats) -> tuple[torch.Tensor | None, dict]:
-        """Additional (already batch-normalised) terms, e.g. MiniLLM's single-step KL."""
-        return None, {}
+        return loss * self.scale(batch, rows), self.rename(diag)
 
     def rename(self, diag: dict) -> dict:
         return {self.renames.get(k, k): v for k, v in diag.items() if k not in self.dropped}
@@ -245,14 +245,14 @@ class ReinforceUpdate(PolicyGradientUpdate):
         c = self.algo.config
         if c.use_baseline and c.group_size == 1 and self.env.world > 1:  # the batch mean over every process
             return r - float(global_sum(self.env, r.sum()) / global_sum(self.env, torch.tensor(float(r.numel()), device=r.device)))
-        return self.algo.advantages(r)
+        return by_group(self.algo.advantages, r, batch.group)
 
 
 class GroupUpdate(PolicyGradientUpdate):
     """GRPO / GSPO: group-normalised sequence rewards (r − mean_g) / (std_g + ε)."""
 
     def sequence_advantages(self, batch):
-        return self.algo.advantages(batch.rewards.float())
+        return by_group(self.algo.advantages, batch.rewards.float(), batch.group)
 
 
 class GRPOUpdate(GroupUpdate):
@@ -321,7 +321,7 @@ class DAPOUpdate(PolicyGradientUpdate):
     def sequence_advantages(self, batch):
         shaped = self.algo.shape_rewards(batch.rewards.float(), batch.response_len.float())
         batch.extras["overlong_penalty"] = shaped - batch.rewards.float()
-        return self.algo.advantages(shaped)
+        return by_group(self.algo.advantages, shaped, batch.group)
 
     @torch.no_grad()
     def prepare(self, batch):
@@ -377,7 +377,6 @@ class PPOUpdate(PolicyGradientUpdate):
 
         if env.init_from is None:
             raise ConfigError("train.algo=ppo: the loop did not say where the initial policy is (TrainEnv.init_from)")
-        self.needs_rm = True
         lm = models.load_model(env.init_from, env.model_cfg, trainable=True)
         value = ValueModel(lm)
         value_opt = make_optimizer(value, self.algo.config.value_lr or cfg.lr, cfg.weight_decay)
@@ -550,7 +549,8 @@ class MiniLLMUpdate(TeacherUpdate):
         adv = ex["adv_sampled"][tokens]
         keep = part_mask(adv, part)
         P = lambda x: padded(x, mask)  # noqa: E731
-        inputs = {"old_logprobs": P(ex["old_logprobs"][tokens]), "mix_weights": P(ex["mix_weights"][tokens])}
+        # importance weights are 1 at padding (log w enters the ratio; 0 would give −inf there)
+        inputs = {"old_logprobs": P(ex["old_logprobs"][tokens]), "mix_weights": padded(ex["mix_weights"][tokens], mask, 1.0)}
         pg, diag = self.pg.loss(logprobs=P(logprobs), advantages=P(adv * keep), mask=mask, **inputs)
         if part != "all":
             with torch.no_grad():

@@ -21,8 +21,8 @@ Autocast is disabled inside the engine so that this holds under ``accelerate``'s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,9 @@ from torch import Tensor
 
 from .objectives import dense_advantage_, get_objective, select_beta, sparse_advantage
 
-TokenLoss = Callable[..., Union[Tensor, "tuple[Tensor, Optional[Tensor]]"]]
-Targets = Callable[[slice], "dict[str, Tensor]"]
-Beta = Union[float, Tensor]
+TokenLoss = Callable[..., Tensor | tuple[Tensor, Tensor | None]]
+Targets = Callable[[slice], dict[str, Tensor]]
+Beta = float | Tensor
 
 #: Token-chunk size we recommend for ``train.loss_chunk_size`` (see docs/bench_lco_memory.md).
 DEFAULT_CHUNK_SIZE = 512
@@ -48,7 +48,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _project(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+def _project(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``hidden @ weightᵀ + bias`` in the weight's dtype, upcast to ≥ float32."""
     z = F.linear(hidden.to(weight.dtype), weight, bias)
     return z.to(compute_dtype(z.dtype))
@@ -66,15 +66,13 @@ class VocabHead:
 
     hidden: Tensor
     weight: Tensor
-    bias: Optional[Tensor] = None
+    bias: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.hidden.dim() != 2:
             raise ValueError(f"VocabHead.hidden must be [N, H], got shape {tuple(self.hidden.shape)}")
         if self.weight.dim() != 2 or self.weight.shape[1] != self.hidden.shape[1]:
-            raise ValueError(
-                f"VocabHead.weight must be [V, H={self.hidden.shape[1]}], got {tuple(self.weight.shape)}"
-            )
+            raise ValueError(f"VocabHead.weight must be [V, H={self.hidden.shape[1]}], got {tuple(self.weight.shape)}")
         if self.bias is not None and tuple(self.bias.shape) != (self.weight.shape[0],):
             raise ValueError(f"VocabHead.bias must be [V={self.weight.shape[0]}], got {tuple(self.bias.shape)}")
 
@@ -111,13 +109,13 @@ class _Stats:
 
     def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
-        self.weight_sum: Optional[Tensor] = None
+        self.weight_sum: Tensor | None = None
 
     def _add(self, key: str, value: Tensor) -> None:
         self.sums[key] = self.sums[key] + value if key in self.sums else value
 
     @torch.no_grad()
-    def update(self, z: Tensor, grad: Optional[Tensor], w: Tensor, sampled_ids: Optional[Tensor]) -> None:
+    def update(self, z: Tensor, grad: Tensor | None, w: Tensor, sampled_ids: Tensor | None) -> None:
         lse = torch.logsumexp(z, dim=-1)
         entropy = lse - (torch.softmax(z, dim=-1) * z).sum(-1)  # H = lse − E_π[z]
         self._add("entropy", (w * entropy).sum())
@@ -149,15 +147,15 @@ class _ChunkLoop:
     """Everything the chunk loop needs besides the tensors autograd tracks."""
 
     token_loss: TokenLoss
-    targets: Optional[Targets]
+    targets: Targets | None
     chunk_size: int
-    stats: Optional[_Stats]
+    stats: _Stats | None
 
     def targets_for(self, sl: slice) -> dict:
         with torch.no_grad():
             return self.targets(sl) if self.targets is not None else {}
 
-    def chunk_loss(self, z: Tensor, tgt: dict, need_grad: bool) -> tuple[Tensor, Optional[Tensor]]:
+    def chunk_loss(self, z: Tensor, tgt: dict, need_grad: bool) -> tuple[Tensor, Tensor | None]:
         """Per-token loss ``[c]`` and, if needed, ``∂ℓ_t/∂z_t`` ``[c, V]`` for one chunk."""
         with torch.enable_grad():
             zc = z.detach().requires_grad_(need_grad)
@@ -178,10 +176,10 @@ class _ChunkLoop:
         self,
         hidden: Tensor,
         weight: Tensor,
-        bias: Optional[Tensor],
+        bias: Tensor | None,
         weights: Tensor,
         needs: tuple[bool, bool, bool],
-    ) -> tuple[Tensor, tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]]:
+    ) -> tuple[Tensor, tuple[Tensor | None, Tensor | None, Tensor | None]]:
         """Loop over chunks: Σ_t w_t ℓ_t and its gradients wrt (hidden, weight, bias)."""
         need_h, need_w, need_b = needs
         need_grad = any(needs) or self.stats is not None
@@ -249,7 +247,7 @@ def chunked_token_loss(
     token_loss: TokenLoss,
     weights: Tensor,
     chunk_size: int,
-    targets: Optional[Targets] = None,
+    targets: Targets | None = None,
     stats: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """Weighted full-vocabulary token loss ``Σ_t w_t ℓ_t`` at O(chunk × V) memory.
@@ -335,16 +333,16 @@ def lco_chunked_loss(
     beta: Beta,
     weights: Tensor,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    beta_neg: Optional[float] = None,
-    old: Optional[VocabHead] = None,
+    beta_neg: float | None = None,
+    old: VocabHead | None = None,
     advantage: str = "dpo",
-    rm: Optional[VocabHead] = None,
-    ref: Optional[VocabHead] = None,
-    sampled_ids: Optional[Tensor] = None,
-    seq_adv: Optional[Tensor] = None,
+    rm: VocabHead | None = None,
+    ref: VocabHead | None = None,
+    sampled_ids: Tensor | None = None,
+    seq_adv: Tensor | None = None,
     center: bool = True,
-    clip: Optional[float] = None,
-    topk: Optional[int] = None,
+    clip: float | None = None,
+    topk: int | None = None,
     stats: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """LCO loss (eqs. 8–10) against ``z* = z_old + A/β`` (eq. 7), chunked over tokens.
@@ -359,7 +357,8 @@ def lco_chunked_loss(
     * then :func:`~lco_cli.objectives.dense_advantage` shaping: ``center`` / ``clip`` /
       ``topk`` (support = top-k of ``z_old``). For ``sparse``, ``topk`` is ignored: the
       support is already the sampled token, and a top-k cut could drop it;
-    * ``loss_t = OBJECTIVES[kind].token_loss(z_θ, z*)``; result ``Σ_t weights_t · loss_t``.
+    * ``loss_t = OBJECTIVES[kind].token_loss(z_θ, z*)`` — evaluated through its closed-form
+      ``loss_and_grad`` (eqs. 44, 47), no autograd inside the chunk; result ``Σ_t weights_t · loss_t``.
 
     ``beta`` is a float or ``[N]`` (per-token β). ``beta_neg`` (needs ``sampled_ids``) replaces β
     on tokens whose *shaped* sampled-token advantage ``A(s_t, a_t)`` is negative — decided inside
@@ -488,12 +487,12 @@ def chunked_selective_logprobs(head: VocabHead, ids: Tensor, chunk_size: int) ->
 
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE",
     "ADVANTAGES",
+    "DEFAULT_CHUNK_SIZE",
     "VocabHead",
-    "compute_dtype",
-    "chunked_token_loss",
-    "lco_chunked_loss",
     "chunked_entropy_and_logprobs",
     "chunked_selective_logprobs",
+    "chunked_token_loss",
+    "compute_dtype",
+    "lco_chunked_loss",
 ]

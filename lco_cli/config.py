@@ -132,6 +132,7 @@ class RMConfig:
 
     init_from: str = F("sft", doc="Stage name, path or hub id of φ_ref (and the init of φ_DPO).")
     beta: float = F(0.1, doc="DPO β.", gt=0)
+    nll_weight: float = F(0.0, doc="α of an added chosen-response NLL term (RPO, Pang et al. 2024); 0 = pure DPO as in the paper.", ge=0)
     lr: float = F(1e-6, doc="Peak learning rate (paper: 1e-6).", gt=0)
     weight_decay: float = F(0.0, doc="AdamW weight decay.", ge=0)
     warmup_ratio: float = F(0.1, doc="Fraction of steps in linear warmup before cosine decay.", ge=0, le=1)

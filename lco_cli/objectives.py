@@ -21,12 +21,11 @@ same per-token losses over the full vocabulary in token chunks without materiali
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import torch
 from torch import Tensor
 
-Beta = Union[float, Tensor]
+Beta = float | Tensor
 
 _LOG2 = math.log(2.0)
 
@@ -340,19 +339,19 @@ def sparse_advantage(sampled_ids: Tensor, seq_adv: Tensor, V: int) -> Tensor:
 
 
 __all__ = [
+    "LCOKLD",
+    "LCOLCH",
+    "LCOMSE",
     "OBJECTIVES",
     "LCOObjective",
-    "LCOKLD",
-    "LCOMSE",
-    "LCOLCH",
-    "get_objective",
-    "log_cosh",
-    "optimal_logits",
-    "select_beta",
-    "masked_token_mean",
-    "lco_loss",
-    "topk_support",
     "dense_advantage",
     "dense_advantage_",
+    "get_objective",
+    "lco_loss",
+    "log_cosh",
+    "masked_token_mean",
+    "optimal_logits",
+    "select_beta",
     "sparse_advantage",
+    "topk_support",
 ]

@@ -257,7 +257,7 @@ def test_stats_equal_naive(kind):
     z = z.detach()
     logp = torch.log_softmax(z, -1)
     m = case.mask.to(D)
-    mean = lambda x: ((x * m).sum() / m.sum()).item()  # noqa: E731
+    mean = lambda x: ((x * m).sum() / m.sum()).item()
     g_abs = grad.abs()
     g_sampled = g_abs.gather(-1, case.ids[:, None]).squeeze(-1)
     expected = {
@@ -306,6 +306,7 @@ def test_selective_logprobs_values_and_grads(chunk_size):
     got = chunked_selective_logprobs(case.policy, case.ids, chunk_size)
     want = torch.log_softmax(case.logits(), -1).gather(-1, case.ids[:, None]).squeeze(-1)
     torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
     # an arbitrary downstream loss (PPO-like ratio × advantage) exercises grad_output per token
     def downstream(lp):
         return -(torch.exp(lp - lp.detach()) * case.seq_adv * case.mask).sum() + (lp**2).mean()

@@ -174,3 +174,13 @@ def test_wheel_ships_presets(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(str(target)), out.stdout  # the wheel's copy, not the checkout
     assert "tiny" in out.stdout
+
+
+def test_vllm_engine_needs_the_extra_and_cpu_path_never_imports_it(runner, workdir):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    res = invoke(runner, "validate", "tiny", "train.rollout.engine=vllm")
+    assert res.exit_code == 2 and "train.rollout.engine" in res.output and "lco[vllm]" in res.output
+    assert "vllm" not in sys.modules

@@ -172,7 +172,7 @@ def test_logits_hessian_psd(kind):
         g = torch.Generator().manual_seed(seed)
         z = 4 * torch.randn(7, generator=g, dtype=D)
         z_star = 4 * torch.randn(7, generator=g, dtype=D)
-        hess = torch.autograd.functional.hessian(lambda x: obj.token_loss(x, z_star), z)
+        hess = torch.autograd.functional.hessian(lambda x, z_star=z_star: obj.token_loss(x, z_star), z)
         torch.testing.assert_close(hess, hess.T)
         assert torch.linalg.eigvalsh(hess).min().item() >= -1e-10
         if kind == "mse":  # (2/|V|) I: strongly convex
@@ -220,9 +220,7 @@ def test_centering_leaves_pi_star_unchanged():
     centered = dense_advantage(raw)
     torch.testing.assert_close(centered.mean(-1), torch.zeros(5, dtype=D))
     for beta in (0.3, 1.0):
-        torch.testing.assert_close(
-            torch.softmax(z_old + centered / beta, -1), torch.softmax(z_old + raw / beta, -1)
-        )
+        torch.testing.assert_close(torch.softmax(z_old + centered / beta, -1), torch.softmax(z_old + raw / beta, -1))
     # the tightest target for MSE/LCH (§4.4): centering minimizes ‖A + C‖
     assert (centered.norm(dim=-1) <= raw.norm(dim=-1)).all()
     assert torch.equal(dense_advantage(raw, center=False), raw)

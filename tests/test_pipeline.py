@@ -199,3 +199,9 @@ def test_top_p_sampling_keeps_the_nucleus():
     draws = {int(sample_next(logits, 1.0, 0.8)) for _ in range(300)}
     assert draws == {0, 1}
     assert int(sample_next(logits, 0.0, 1.0)) == 0
+
+
+def test_cpu_path_never_imported_vllm(pipeline):
+    import sys
+
+    assert "vllm" not in sys.modules

@@ -176,6 +176,8 @@ def run_rm(ctx: Context) -> dict:
 def _dpo_step(model, acc, tok_pairs, ref_logps, cfg, pad_id: int, global_pairs: int) -> dict:
     """Forward/backward over micro-batches of pairs; loss normalised by the global pair count."""
     sums = {"loss": 0.0, "accuracy": 0.0, "reward_margin": 0.0, "reward_chosen": 0.0, "reward_rejected": 0.0}
+    if cfg.nll_weight > 0:
+        sums["nll"] = 0.0
     micro = cfg.micro_batch_size
     n_chunks = max(1, -(-len(tok_pairs) // micro))
     for ci, batch in enumerate(_batches(tok_pairs, micro, pad_id, acc.device)):
@@ -186,6 +188,10 @@ def _dpo_step(model, acc, tok_pairs, ref_logps, cfg, pad_id: int, global_pairs: 
         with (contextlib.nullcontext() if sync else acc.no_sync(model)):
             seq = (token_logprobs(model, ids, attn) * tgt).sum(-1)
             losses, r_c, r_r = dpo_loss(seq[:n], seq[n:], ref[:, 0], ref[:, 1], cfg.beta)
+            if cfg.nll_weight > 0:  # RPO (Pang et al. 2024): + α · per-token NLL of the chosen response
+                nll = -seq[:n] / tgt[:n].sum(-1).clamp(min=1)
+                losses = losses + cfg.nll_weight * nll
+                sums["nll"] += float(nll.detach().sum())
             acc.backward(losses.sum() * acc.num_processes / global_pairs)
         sums["loss"] += float(losses.detach().sum())
         sums["accuracy"] += float((r_c > r_r).float().sum())

@@ -38,7 +38,8 @@ def run_sft(ctx: Context) -> dict:
             sd.metrics.truncate_after(start)
         progress = Progress("sft", steps, start, enabled=acc.is_main_process, every=cfg.log_every)
         trainable = [q for q in model.parameters() if q.requires_grad]
-        t_last, tokens_since = time.time(), 0
+        t_start = t_last = time.time()
+        tokens_since = 0
         for step in range(start + 1, steps + 1):
             batch = [examples[i] for i in batch_indices(step - 1, cfg.batch_size, len(examples), p.seed)]
             # Normalise by the *global* number of response tokens so that any split into processes
@@ -56,7 +57,7 @@ def run_sft(ctx: Context) -> dict:
             loss = float(acc.reduce(torch.tensor(loss_total, device=acc.device), "sum"))
             if step % cfg.log_every == 0 or step == steps:
                 dt = max(time.time() - t_last, 1e-9)
-                row = {"step": step, "time": time.time(), "loss": loss, "lr": sched.get_last_lr()[0],
+                row = {"step": step, "time": time.time() - t_start, "loss": loss, "lr": sched.get_last_lr()[0],
                        "grad_norm": grad_norm, "tokens_per_s": tokens_since / dt}
                 if acc.is_main_process:
                     sd.metrics.append(row)

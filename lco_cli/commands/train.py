@@ -221,6 +221,7 @@ def run_train(ctx: Context) -> dict:
                 stats, row, skipped = {}, {"loss": float("nan"), "grad_norm": float("nan"), "update_skipped": 1}, False
                 batch = collect_stats.pop("log_batch")
             else:
+                batch = _shuffle_for_minibatches(batch, cfg, step)
                 if cfg.algo == "lco" and cfg.advantage == "sparse":
                     batch.extras["seq_adv"] = sequence_advantages(batch.rewards.cpu(), batch.group.cpu(), cfg.advantage_norm, acc).to(acc.device)
                 stats = update.prepare(batch)
@@ -260,11 +261,10 @@ def run_train(ctx: Context) -> dict:
 def _optimize(update, batch, cfg, acc, opt, sched, trainable, step) -> tuple[dict, bool]:
     """update_epochs × minibatches optimizer steps on one rollout batch; returns metrics, skipped?"""
     telemetry = cfg.telemetry.split_grad_norm and step % cfg.telemetry.every == 0
-    perm = torch.randperm(batch.size, generator=torch.Generator().manual_seed(step)).tolist() if cfg.minibatches > 1 else None
     sums: dict[str, float] = {}
     skipped = False
     for _ in range(cfg.update_epochs):
-        for mb_rows in _minibatch_rows(batch, cfg.minibatches, perm):
+        for mb_rows in _minibatch_rows(batch, cfg.minibatches):
             batch.extras["global_tokens"] = float(acc.reduce(batch.response_len[mb_rows].sum().float(), "sum"))
             batch.extras["global_seqs"] = float(acc.reduce(torch.tensor(float(len(mb_rows)), device=acc.device), "sum"))
             if telemetry:
@@ -291,12 +291,26 @@ def _optimize(update, batch, cfg, acc, opt, sched, trainable, step) -> tuple[dic
     return {k: v / n for k, v in sums.items()} if sums else {"loss": float("nan"), "grad_norm": float("nan")}, skipped
 
 
-def _minibatch_rows(batch, minibatches: int, perm) -> list[list[int]]:
-    """Minibatches of whole sequences; rows sorted so micro-batches stay contiguous token ranges."""
+def _shuffle_for_minibatches(batch: RolloutBatch, cfg, step: int) -> RolloutBatch:
+    """With several minibatches, put the rows in a random order (seeded by the step) once, before
+    `prepare`: minibatch i is then the contiguous range i of the shuffled batch, i.e. the same
+    random partition in every epoch, and its micro-batches are contiguous token ranges (full-size
+    micro-batches rather than the short runs a scattered row subset would split into). Groups of a
+    prompt's samples are no longer adjacent afterwards; `batch.group` says which rows belong together."""
+    if cfg.minibatches <= 1:
+        return batch
+    perm = torch.randperm(batch.size, generator=torch.Generator().manual_seed(step))
+    shuffled = batch.subset(perm.to(batch.input_ids.device))
+    shuffled.extras = dict(batch.extras)
+    return shuffled
+
+
+def _minibatch_rows(batch, minibatches: int) -> list[list[int]]:
+    """Minibatches of whole sequences: contiguous row ranges of the (already shuffled) batch."""
     if minibatches <= 1:
         return [list(range(batch.size))]
     size = math.ceil(batch.size / minibatches)
-    return [sorted(perm[i : i + size]) for i in range(0, batch.size, size)]
+    return [list(range(i, min(i + size, batch.size))) for i in range(0, batch.size, size)]
 
 
 def _backward(update, batch, rows, cfg, acc, part: str, stats: bool = False) -> dict:
@@ -317,7 +331,7 @@ def _backward(update, batch, rows, cfg, acc, part: str, stats: bool = False) -> 
             if k.endswith(("_min", "_max")):  # extremes stay extremes across micro-batches
                 pick = min if k.endswith("_min") else max
                 extreme[k] = pick(extreme[k], v) if k in extreme else v
-            elif math.isfinite(v):
+            else:
                 agg[k] = agg.get(k, 0.0) + v * n_tok
                 weight[k] = weight.get(k, 0.0) + n_tok
     loss_value = float(acc.reduce(torch.tensor(total, device=acc.device), "sum")) / acc.num_processes
