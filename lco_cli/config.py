@@ -194,7 +194,7 @@ class TrainConfig:
     weight_decay: float = F(0.0, doc="AdamW weight decay.", ge=0)
     warmup_steps: int = F(0, doc="Linear warmup steps, then constant.", ge=0)
     max_grad_norm: float = F(1.0, doc="Gradient clipping norm (0 disables).", ge=0)
-    loss_chunk_size: int = F(1024, doc="Tokens per chunk of the full-vocabulary loss engine.", gt=0)
+    loss_chunk_size: int = F(512, doc="Tokens per chunk of the full-vocabulary loss engine.", gt=0)
     mixed_precision: str = F("no", doc="accelerate mixed precision.", choices=("no", "bf16", "fp16"))
     eval_every: int = F(25, doc="Held-out greedy accuracy every N steps (0 disables).", ge=0)
     eval_problems: int = F(200, doc="Held-out problems for that accuracy.", ge=0)
