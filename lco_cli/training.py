@@ -112,6 +112,17 @@ def make_scheduler(optimizer, total_steps: int, warmup_steps: int, kind: str = "
     return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
 
 
+def optimizer_step(acc, opt, sched, trainable, max_grad_norm: float) -> float:
+    """Clip (when max_grad_norm > 0), step optimizer and schedule, zero grads; returns the pre-clip norm."""
+    norm = grad_norm_of(trainable)
+    if max_grad_norm > 0:
+        acc.clip_grad_norm_(trainable, max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return norm
+
+
 def grad_norm_of(params) -> float:
     norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0

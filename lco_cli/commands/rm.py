@@ -26,8 +26,8 @@ from ..reward import RM_META
 from ..rundir import atomic_write_text
 from ..scoring import sequence_logprob_sums, token_logprobs
 from ..tasks import get_task
-from ..training import (Progress, batch_indices, grad_norm_of, load_checkpoint, make_accelerator, make_optimizer,
-                        make_scheduler, maybe_interrupt, save_checkpoint, shard, stage_run, total_steps, write_json)
+from ..training import (Progress, batch_indices, load_checkpoint, make_accelerator, make_optimizer,
+                        make_scheduler, maybe_interrupt, optimizer_step, save_checkpoint, shard, stage_run, total_steps, write_json)
 from .common import Context, resolve, stage_options
 
 
@@ -144,12 +144,7 @@ def run_rm(ctx: Context) -> dict:
             idx = batch_indices(step - 1, cfg.batch_size, len(train_pairs), p.seed)
             mine = shard(idx, acc.process_index, acc.num_processes)
             stats = _dpo_step(model, acc, [train_pairs[i] for i in mine], ref_train[mine], cfg, tok.pad_token_id, len(idx))
-            grad_norm = grad_norm_of(trainable)
-            if cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            grad_norm = optimizer_step(acc, opt, sched, trainable, cfg.max_grad_norm)
             stats = {k: float(acc.reduce(torch.tensor(v, device=acc.device), "sum")) / len(idx) for k, v in stats.items()}
             if acc.is_main_process and (step % cfg.log_every == 0 or step == steps):
                 sd.metrics.append({"step": step, "time": time.time() - t0, **stats, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm})

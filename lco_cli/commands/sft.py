@@ -12,8 +12,8 @@ from ..data import sft_pairs, tokenize_pair
 from ..generation import pack
 from ..scoring import token_logprobs
 from ..tasks import get_task, greedy_accuracy
-from ..training import (Progress, batch_indices, grad_norm_of, load_checkpoint, make_accelerator, make_optimizer,
-                        make_scheduler, maybe_interrupt, save_checkpoint, shard, stage_run, total_steps, write_json)
+from ..training import (Progress, batch_indices, load_checkpoint, make_accelerator, make_optimizer,
+                        make_scheduler, maybe_interrupt, optimizer_step, save_checkpoint, shard, stage_run, total_steps, write_json)
 from .common import Context, resolve, stage_options
 
 
@@ -47,12 +47,7 @@ def run_sft(ctx: Context) -> dict:
             global_tokens = sum(len(r) for _, r in batch)
             mine = shard(batch, acc.process_index, acc.num_processes)
             loss_total = _accumulate(model, acc, mine, cfg.micro_batch_size, tok.pad_token_id, global_tokens)
-            grad_norm = grad_norm_of(trainable)
-            if cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            grad_norm = optimizer_step(acc, opt, sched, trainable, cfg.max_grad_norm)
             tokens_since += sum(len(q) + len(r) for q, r in batch)
             loss = float(acc.reduce(torch.tensor(loss_total, device=acc.device), "sum"))
             if step % cfg.log_every == 0 or step == steps:
