@@ -194,15 +194,18 @@ class Progress:
     def __init__(self, stage: str, total: int, start: int = 0, enabled: bool = True, every: int = 10):
         self.stage, self.total, self.every = stage, total, every
         self.enabled = enabled
-        self.tty = enabled and sys.stdout.isatty()
+        self.tty = enabled and sys.stderr.isatty()
         self.t0 = time.time()
         self.start = start
         self._bar = None
         if self.tty:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
 
+            from rich.console import Console
+
+            # stderr, so that `--json` output on stdout stays machine-readable
             self._bar = RichProgress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+                                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True))
             self._bar.start()
             self._task = self._bar.add_task(stage, total=total, completed=start, info="")
 
@@ -214,7 +217,7 @@ class Progress:
             elapsed = time.time() - self.t0
             done = max(step - self.start, 1)
             eta = elapsed / done * (self.total - step)
-            print(f"[{self.stage}] step {step}/{self.total} {text} eta={eta:.0f}s", flush=True)
+            print(f"[{self.stage}] step {step}/{self.total} {text} eta={eta:.0f}s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -44,7 +44,7 @@ def copy_run(pipeline, workdir):
 
 def test_full_chain_writes_every_stage(pipeline):
     root, res = pipeline
-    summary = json.loads(res.output[res.output.index("{"):])
+    summary = json.loads(res.stdout)  # --json: stdout is pure JSON (progress and logs go to stderr)
     assert summary["stages"] == {"sft": "run", "rm": "run", "train": "run", "eval": "run"}
     run = root / "run"
     for stage in ("sft", "rm", "train"):
