@@ -2,7 +2,10 @@
 """LCO vs the RL baselines in the same `lco train` loop, from ONE shared SFT and RM (paper Table 1,
 Fig. 7 and Figs. 1/4/5 analogues on the embedded `tiny` task).
 
-    python bench/compare_algos.py                       # the default study (≈ 20 min on 2 CPU cores)
+    python bench/compare_algos.py                       # the RM-reward study (≈ 15 min on 2 CPU cores)
+    python bench/compare_algos.py --out runs/compare-verifier --base runs/compare/base --tag verifier \
+        --methods LCO-KLD-sparse,LCO-LCH-sparse,GRPO,PPO,REINFORCE --set train.reward=verifier --lr-mult 0
+                                                        # the verifier-reward study on the same SFT/RM (≈ 9 min)
     python bench/compare_algos.py --seeds 0 --steps 10  # a smoke run
 
 What it does:
@@ -40,7 +43,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import yaml  # noqa: E402
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,9 +56,14 @@ METHODS: dict[str, list[str]] = {
     "REINFORCE": ["train.algo=reinforce"],
     "DAPO": ["train.algo=dapo"],
     "GSPO": ["train.algo=gspo"],
+    # LCO with sparse sequence advantages (eq. 11) from train.reward, group-normalised (paper Table 5)
+    "LCO-KLD-sparse": ["train.algo=lco", "train.objective=kld", "train.advantage=sparse"],
+    "LCO-LCH-sparse": ["train.algo=lco", "train.objective=lch", "train.advantage=sparse"],
 }
 DEFAULT_METHODS = ["LCO-KLD", "LCO-MSE", "LCO-LCH", "GRPO", "PPO", "REINFORCE"]
-BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
+def markers(tag: str) -> tuple[str, str]:
+    suffix = f":{tag}" if tag else ""
+    return f"<!-- BEGIN GENERATED{suffix} -->", f"<!-- END GENERATED{suffix} -->"
 
 
 # --------------------------------------------------------------------------- running
@@ -104,6 +112,7 @@ def log(msg: str, t0: float) -> None:
 
 def prepare_base(out: Path, base_preset: str, overrides: list[str], t0: float) -> Path:
     base = out / "base"
+    start = time.time()
     if not done(base / "sft"):
         log("sft (shared)", t0)
         cli("sft", base_preset, "--run-dir", base)
@@ -113,6 +122,8 @@ def prepare_base(out: Path, base_preset: str, overrides: list[str], t0: float) -
     if not (base / "eval/results.json").exists():
         log("eval sft", t0)
         cli("eval", base_preset, "--run-dir", base, *overrides, "eval.policies=[sft]")
+    if not (base / "wall.json").exists():
+        (base / "wall.json").write_text(json.dumps({"seconds": time.time() - start}))
     return base
 
 
@@ -148,7 +159,7 @@ def read_run(run: Path) -> dict:
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
-    xs = [x for x in xs if x == x]
+    xs = [x for x in xs if not math.isnan(x)]
     if not xs:
         return float("nan"), float("nan")
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
@@ -165,12 +176,15 @@ def mean_curve(runs: list[dict]) -> list[tuple[float, float, float]]:
 
 
 def samples_to_reach(curve: list[tuple[float, float, float]], target: float) -> float | None:
-    """Rollout samples at the first eval point whose seed-mean accuracy reaches `target` (linear
-    interpolation between eval points); None if never reached."""
+    """Rollout samples at the first eval point after the start whose seed-mean accuracy reaches
+    `target` (linear interpolation between eval points); None if never reached."""
     prev = None
     for samples, acc, _ in curve:
+        if samples == 0:  # the step-0 evaluation of the SFT policy itself
+            prev = (samples, acc)
+            continue
         if acc >= target:
-            if prev is None or prev[1] >= acc:
+            if prev is None or prev[1] >= target:
                 return samples
             s0, a0 = prev
             return s0 + (target - a0) / (acc - a0) * (samples - s0)
@@ -180,7 +194,7 @@ def samples_to_reach(curve: list[tuple[float, float, float]], target: float) -> 
 
 def spike_stats(norms: list[float]) -> dict[str, float]:
     """max / median (spikiness) and last-quarter / first-quarter mean (decay < 1 < growth)."""
-    xs = [x for x in norms if x == x]
+    xs = [x for x in norms if not math.isnan(x)]
     if len(xs) < 4:
         return {"max_over_median": float("nan"), "late_over_early": float("nan")}
     q = max(1, len(xs) // 4)
@@ -188,7 +202,7 @@ def spike_stats(norms: list[float]) -> dict[str, float]:
             "late_over_early": statistics.fmean(xs[-q:]) / max(statistics.fmean(xs[:q]), 1e-12)}
 
 
-def plot(summary: dict, img: Path) -> list[str]:
+def plot(summary: dict, img: Path, tag: str = "") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,11 +225,12 @@ def plot(summary: dict, img: Path) -> list[str]:
     ax.set_title(f"Accuracy vs samples (mean ± std over {len(summary['seeds'])} seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(img / "compare_accuracy.png", dpi=120)
+    prefix = f"compare_{tag}_" if tag else "compare_"
+    fig.savefig(img / f"{prefix}accuracy.png", dpi=120)
     plt.close(fig)
-    files.append("compare_accuracy.png")
+    files.append(f"{prefix}accuracy.png")
     # Split gradient norms (Figs. 1/4/5 analogue), default and hot learning rate
-    for tag, key in (("default", "grad_default"), ("hot", "grad_hot")):
+    for tag_, key in (("default", "grad_default"), ("hot", "grad_hot")):
         present = [m for m in methods if summary["methods"][m].get(key)]
         if not present:
             continue
@@ -234,10 +249,10 @@ def plot(summary: dict, img: Path) -> list[str]:
         for ax in list(axes.flat)[len(present):]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=7)
-        lr = summary["lr"] * (summary["lr_mult"] if tag == "hot" else 1)
+        lr = summary["lr"] * (summary["lr_mult"] if tag_ == "hot" else 1)
         fig.suptitle(f"Gradient norm by advantage sign, lr = {lr:g} (seed 0)")
         fig.tight_layout()
-        name = f"compare_gradnorm_{'lr' + format(summary['lr_mult'], 'g') + 'x' if tag == 'hot' else 'default'}.png"
+        name = f"{prefix}gradnorm_{'lr' + format(summary['lr_mult'], 'g') + 'x' if tag_ == 'hot' else 'default'}.png"
         fig.savefig(img / name, dpi=120)
         plt.close(fig)
         files.append(name)
@@ -245,18 +260,19 @@ def plot(summary: dict, img: Path) -> list[str]:
 
 
 def fmt(x: float, digits: int = 3) -> str:
-    return "n/a" if x is None or x != x else f"{x:.{digits}f}"
+    return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
 
 def markdown(summary: dict, img_rel: str, files: list[str]) -> str:
     ms = summary["methods"]
-    lines = [f"_Generated by `{summary['command']}` on {summary['date']} "
-             f"({summary['wall_min']:.1f} min wall, {summary['threads']} thread(s))._", ""]
+    shared = " (shared SFT/RM reused, not counted)" if summary.get("base_reused") else ""
+    lines = [(f"_Generated by `{summary['command']}` on {summary['date']}; "
+              f"{summary['wall_min']:.1f} min of wall time for its stages and runs{shared}, {summary['threads']} thread(s)._"), ""]
     lines += ["**Setup.** " + summary["setup"], ""]
     lines += ["### Held-out accuracy (Table 1 analogue)", "",
-              f"`lco eval` pass@1 on the {summary['eval']['n_problems']} held-out problems, k = {summary['eval']['k']} samples at "
-              f"T = {summary['eval']['temperature']}, top-p = {summary['eval']['top_p']}; greedy = the train loop's held-out greedy "
-              f"accuracy ({summary['eval_problems']} problems) after the last step. Mean ± std over seeds {summary['seeds']}.", "",
+              (f"`lco eval` pass@1 on the {summary['eval']['n_problems']} held-out problems, k = {summary['eval']['k']} samples at "
+               f"T = {summary['eval']['temperature']}, top-p = {summary['eval']['top_p']}; greedy = the train loop's held-out greedy "
+               f"accuracy ({summary['eval_problems']} problems) after the last step. Mean ± std over seeds {summary['seeds']}."), "",
               "| method | pass@1 | greedy | rollout samples | wall / run |", "|---|---|---|---|---|"]
     sft = summary["sft"]
     lines.append(f"| SFT (start) | {fmt(sft['pass1'])} | {fmt(sft['greedy'])} | 0 | |")
@@ -264,10 +280,14 @@ def markdown(summary: dict, img_rel: str, files: list[str]) -> str:
         lines.append(f"| {m} | {fmt(d['pass1_mean'])} ± {fmt(d['pass1_std'])} | {fmt(d['greedy_mean'])} ± {fmt(d['greedy_std'])} "
                      f"| {d['samples_total']:.0f} | {d['wall_mean_s']:.0f} s |")
     lines += ["", "### Rollout samples to reach GRPO's final accuracy (Fig. 7 analogue)", "",
-              f"Target: GRPO's final seed-mean greedy accuracy, {fmt(summary['target'])}. Samples at the first evaluation "
-              f"(every {summary['eval_every']} steps, linear interpolation) where the seed-mean curve reaches it; "
-              "the ratio is relative to PPO (paper: LCO-KLD ≈ 0.5, LCO-LCH ≈ 0.33).", "",
-              "| method | samples to target | ÷ PPO's |", "|---|---|---|"]
+              (f"Target: GRPO's final seed-mean greedy accuracy, {fmt(summary['target'])}. Samples at the first evaluation after "
+               f"the start (every {summary['eval_every']} steps, linear interpolation) where the seed-mean curve reaches it; "
+               "the ratio is relative to PPO (paper: LCO-KLD ≈ 0.5, LCO-LCH ≈ 0.33).")]
+    if summary["target"] is not None and summary["target"] <= summary["sft"]["greedy"]:
+        lines += ["", (f"**Undefined here:** GRPO ends *below* the SFT policy it started from ({fmt(summary['target'])} ≤ "
+                       f"{fmt(summary['sft']['greedy'])}), so \"reaching GRPO's final accuracy\" measures how long a method stays "
+                       "above a declining baseline, not sample efficiency. The column is shown for completeness only.")]
+    lines += ["", "| method | samples to target | ÷ PPO's |", "|---|---|---|"]
     ppo = ms.get("PPO", {}).get("samples_to_target")
     for m, d in ms.items():
         s = d["samples_to_target"]
@@ -276,8 +296,9 @@ def markdown(summary: dict, img_rel: str, files: list[str]) -> str:
     lines += ["", f"![accuracy vs samples]({img_rel}/{files[0]})", ""]
     lines += ["### Gradient norms by advantage sign (Figs. 1, 4, 5 analogue)", "",
               f"Pre-clipping gradient norm per step (mean over the step's optimizer steps), split into the part from tokens with "
-              f"A ≥ 0 and with A < 0 (`train.telemetry.split_grad_norm=true`), seed 0, at the default lr ({summary['lr']:g}) and "
-              f"at {summary['lr_mult']:g}× ({summary['lr'] * summary['lr_mult']:g}). `max/med` = largest / median norm over the run "
+              f"A ≥ 0 and with A < 0 (`train.telemetry.split_grad_norm=true`), seed 0, at the default lr ({summary['lr']:g})"
+              + (f" and at {summary['lr_mult']:g}× ({summary['lr'] * summary['lr_mult']:g})" if summary["lr_mult"] else "")
+              + ". `max/med` = largest / median norm over the run "
               "(spikes), `late/early` = mean of the last quarter of steps / first quarter (< 1: decays).", "",
               "| method | lr | max/med (all) | late/early (all) | late/early (A<0) | final greedy |", "|---|---|---|---|---|---|"]
     for m, d in ms.items():
@@ -293,7 +314,8 @@ def markdown(summary: dict, img_rel: str, files: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(doc: Path, generated: str) -> None:
+def write_doc(doc: Path, generated: str, tag: str = "") -> None:
+    BEGIN, END = markers(tag)
     block = f"{BEGIN}\n{generated}\n{END}"
     if doc.exists() and BEGIN in doc.read_text() and END in doc.read_text():
         text = doc.read_text()
@@ -302,7 +324,7 @@ def write_doc(doc: Path, generated: str) -> None:
         doc.write_text(head + block + tail)
     else:
         doc.parent.mkdir(parents=True, exist_ok=True)
-        doc.write_text(f"# LCO vs RL baselines on `tiny`\n\n{block}\n")
+        doc.write_text((doc.read_text() if doc.exists() else "# LCO vs RL baselines on `tiny`\n") + f"\n{block}\n")
 
 
 # --------------------------------------------------------------------------- main
@@ -320,6 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hot-methods", default=None, help="methods that get the high-lr run (default: all)")
     ap.add_argument("--doc", default=str(REPO / "docs/compare.md"))
     ap.add_argument("--img", default=str(REPO / "docs/img"))
+    ap.add_argument("--base", default=None, help="reuse the shared SFT/RM (and SFT eval) of this folder instead of OUT/base")
+    ap.add_argument("--tag", default="", help="name of this study's generated block in --doc and of its image files")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for every train/eval run")
     args = ap.parse_args(argv)
 
@@ -347,20 +371,25 @@ def main(argv: list[str] | None = None) -> None:
     _, resolved = load(args.base_preset, overrides)
     pin_task_split(base.seed)
 
-    base_dir = prepare_base(out, args.base_preset, overrides, t0)
+    base_dir = Path(args.base).resolve() if args.base else prepare_base(out, args.base_preset, overrides, t0)
+    if args.base and not (done(base_dir / "sft") and done(base_dir / "rm") and (base_dir / "eval/results.json").exists()):
+        raise SystemExit(f"--base {base_dir}: needs finished sft/, rm/ and eval/results.json (run once without --base)")
     runs: dict[str, dict[int, dict]] = {}
     hot_runs: dict[str, dict] = {}
     for seed in seeds:
         for m in methods:
             run = out / "runs" / f"{m}-s{seed}"
             log(f"{m} seed {seed}", t0)
-            train_and_eval(base_dir, run, args.base_preset, overrides + METHODS[m] + [f"seed={seed}"], t0)
+            # split-gradient telemetry (a second backward) only where it is plotted: the first seed
+            telemetry = [] if seed == seeds[0] else ["train.telemetry.split_grad_norm=false"]
+            train_and_eval(base_dir, run, args.base_preset, overrides + METHODS[m] + [f"seed={seed}"] + telemetry, t0)
             runs.setdefault(m, {})[seed] = read_run(run)
     if args.lr_mult:
         for m in hot:
             run = out / "runs" / f"{m}-s{seeds[0]}-lr{args.lr_mult:g}x"
             log(f"{m} seed {seeds[0]} at {args.lr_mult:g}x lr", t0)
-            hot_over = overrides + METHODS[m] + [f"seed={seeds[0]}", f"train.lr={resolved.train.lr * args.lr_mult}"]
+            hot_over = overrides + METHODS[m] + [f"seed={seeds[0]}", f"train.lr={resolved.train.lr * args.lr_mult}",
+                                                 "train.telemetry.split_grad_norm=true"]
             train_and_eval(base_dir, run, args.base_preset, hot_over, t0)
             hot_runs[m] = read_run(run)
 
@@ -381,8 +410,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"({resolved.train.batch_size * resolved.train.samples_per_prompt} rollouts/step), "
                   f"{resolved.train.update_epochs} epochs × {resolved.train.minibatches} minibatches per batch, lr {resolved.train.lr:g}, "
                   f"rollout T = {resolved.train.rollout.temperature}, top-p = {resolved.train.rollout.top_p}, "
-                  f"PG reward `train.reward={resolved.train.reward}` (the same RM gives LCO its `dpo` advantages), "
-                  f"baselines at their paper/TRL defaults."),
+                  f"sequence reward `train.reward={resolved.train.reward}`"
+                  + (" (the same DPO RM gives LCO its `dpo` advantages)" if resolved.train.reward == "rm" else "")
+                  + ", "
+                  "baselines at their paper/TRL defaults."),
         "methods": {},
     }
     for m in methods:
@@ -391,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
         d = {"pass1_mean": p1[0], "pass1_std": p1[1], "greedy_mean": g[0], "greedy_std": g[1],
              "pass1_per_seed": [r["pass1"] for r in rs], "greedy_per_seed": [r["final_greedy"] for r in rs],
              "samples_total": statistics.fmean(r["samples_total"] for r in rs), "mean_curve": mean_curve(rs),
-             "wall_mean_s": statistics.fmean(r["wall_s"] for r in rs if r["wall_s"] == r["wall_s"]) if any(r["wall_s"] == r["wall_s"] for r in rs) else float("nan")}
+             "wall_mean_s": statistics.fmean(r["wall_s"] for r in rs if not math.isnan(r["wall_s"])) if any(not math.isnan(r["wall_s"]) for r in rs) else float("nan")}
         s0 = rs[0]["series"]
         d["grad_default"] = {**{k: s0[k] for k in ("grad_norm", "grad_norm_pos", "grad_norm_neg")},
                              "stats": spike_stats(s0["grad_norm"]), "stats_neg": spike_stats(s0["grad_norm_neg"]),
@@ -406,16 +437,20 @@ def main(argv: list[str] | None = None) -> None:
     summary["target"] = target
     for m, d in summary["methods"].items():
         d["samples_to_target"] = samples_to_reach(d["mean_curve"], target) if target is not None else None
-    summary["wall_min"] = (time.time() - t0) / 60
+    # compute time of the study: the shared stages plus every run (a re-analysis of finished runs is free)
+    walls = [json.loads((base_dir / "wall.json").read_text())["seconds"]] if (base_dir / "wall.json").exists() else []
+    walls += [r["wall_s"] for m in runs for r in runs[m].values()] + [r["wall_s"] for r in hot_runs.values()]
+    summary["wall_min"] = sum(w for w in walls if not math.isnan(w)) / 60
+    summary["base_reused"] = bool(args.base)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     img = Path(args.img)
-    files = plot(summary, img)
+    files = plot(summary, img, args.tag)
     doc = Path(args.doc)
     try:
         img_rel = os.path.relpath(img, doc.parent)
     except ValueError:
         img_rel = str(img)
-    write_doc(doc, markdown(summary, img_rel, files))
+    write_doc(doc, markdown(summary, img_rel, files), args.tag)
     log(f"done: {out / 'summary.json'}, {doc}", t0)
 
 

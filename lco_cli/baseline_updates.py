@@ -31,12 +31,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from typing import ClassVar
 
 import torch
 
-from .algorithms import TrainEnv, Update, _rows, flat, frozen_head, global_sum, head_of, policy_head, token_slice
-from .baselines import (DAPO, GKD, GRPO, GSPO, PPO, BaselineLoss, MiniLLM, Reinforce, _explained_variance,
-                        dynamic_sampling_keep)
+from .algorithms import TrainEnv, Update, _rows, flat, global_sum, policy_head, token_slice
+from .baselines import DAPO, GKD, GRPO, GSPO, PPO, BaselineLoss, MiniLLM, Reinforce, _explained_variance, dynamic_sampling_keep
 from .chunked import VocabHead, chunked_entropy_and_logprobs, chunked_selective_logprobs, chunked_token_loss
 from .errors import ConfigError
 
@@ -167,7 +167,7 @@ class PolicyGradientUpdate(Update):
     keeps_old_head = False
     diagnostic_prefixes = Update.diagnostic_prefixes + ("adv", "pg_", "logprob_mean", "single_step", "distill")
     #: loss-class diagnostics renamed so they don't overwrite the loop's common metrics
-    renames = {"kl_ref": "kl_term"}
+    renames: ClassVar[dict[str, str]] = {"kl_ref": "kl_term"}
     dropped = ("loss", "explained_variance", "response_len_mean")
 
     def __init__(self, cfg, env: TrainEnv):
@@ -548,7 +548,7 @@ class MiniLLMUpdate(TeacherUpdate):
         mask = response_mask(batch.response_len[rows].to(logprobs.device))
         adv = ex["adv_sampled"][tokens]
         keep = part_mask(adv, part)
-        P = lambda x: padded(x, mask)  # noqa: E731
+        P = lambda x: padded(x, mask)
         # importance weights are 1 at padding (log w enters the ratio; 0 would give −inf there)
         inputs = {"old_logprobs": P(ex["old_logprobs"][tokens]), "mix_weights": padded(ex["mix_weights"][tokens], mask, 1.0)}
         pg, diag = self.pg.loss(logprobs=P(logprobs), advantages=P(adv * keep), mask=mask, **inputs)
@@ -585,5 +585,17 @@ def register_baselines(registry: dict[str, type[Update]]) -> None:
         registry.setdefault(name, cls)
 
 
-__all__ = ["BASELINE_UPDATES", "register_baselines", "algo_config", "ValueModel", "PolicyGradientUpdate",
-           "ReinforceUpdate", "PPOUpdate", "GRPOUpdate", "DAPOUpdate", "GSPOUpdate", "GKDUpdate", "MiniLLMUpdate"]
+__all__ = [
+    "BASELINE_UPDATES",
+    "DAPOUpdate",
+    "GKDUpdate",
+    "GRPOUpdate",
+    "GSPOUpdate",
+    "MiniLLMUpdate",
+    "PPOUpdate",
+    "PolicyGradientUpdate",
+    "ReinforceUpdate",
+    "ValueModel",
+    "algo_config",
+    "register_baselines",
+]

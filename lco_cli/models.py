@@ -6,6 +6,7 @@ stages load it exactly like a hub model).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import string
 from pathlib import Path
@@ -58,14 +59,22 @@ def char_tokenizer():
 
 def build_tiny(spec: str, seed: int, out_dir: Path) -> Path:
     """Build the tiny Qwen2 model + char tokenizer into `out_dir` (idempotent, atomic)."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
     arch = parse_tiny_spec(spec)
     marker = out_dir / "lco_tiny.json"
     wanted = {"spec": spec, "seed": seed, "arch": arch}
-    if marker.exists() and json.loads(marker.read_text()) == wanted:
-        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (DDP ranks) may ask at once: build under a file lock, once.
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and json.loads(marker.read_text()) == wanted:
+            return out_dir
+        return _build_tiny(wanted, out_dir, seed, arch)
+
+
+def _build_tiny(wanted: dict, out_dir: Path, seed: int, arch: dict) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
     tok = char_tokenizer()
     cfg = Qwen2Config(
         vocab_size=len(tok), hidden_size=arch["hidden"], intermediate_size=arch["intermediate"],
@@ -73,8 +82,9 @@ def build_tiny(spec: str, seed: int, out_dir: Path) -> Path:
         max_position_embeddings=arch["positions"], tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.random.fork_rng():  # seeded init without touching the caller's RNG stream
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg)
     model.generation_config.pad_token_id = tok.pad_token_id
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

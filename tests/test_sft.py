@@ -23,7 +23,7 @@ def test_sft_writes_the_contract_and_changes_parameters(runner, fast_preset, wor
     res = invoke(runner, "sft", fast_preset, "--run-dir", "r")
     assert res.exit_code == 0, res.output
     run = workdir / "r"
-    assert {p.name for p in run.iterdir()} == {"run.json", "config.yaml", "base", "sft"}
+    assert {p.name for p in run.iterdir()} == {"run.json", "config.yaml", "base", ".base.lock", "sft"}
     sft = run / "sft"
     assert {p.name for p in sft.iterdir()} == STAGE_FILES
     assert [p.name for p in (sft / "checkpoints").iterdir()] == ["step-000003"]
@@ -90,16 +90,18 @@ def test_bad_override_exit_2(runner, fast_preset, workdir):
 
 @pytest.mark.slow
 def test_two_process_accelerate_matches_single_process(fast_preset, workdir):
-    """`accelerate launch --cpu --num_processes 2` gives the same first step as one process."""
+    """Two data-parallel CPU processes (gloo) give the same first step as one process with the same global batch."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = [str(fast_preset), "sft.max_steps=1", "sft.eval_problems=0", "sft.lr=1e-2"]
     one = subprocess.run([sys.executable, "-m", "lco_cli", "sft", *common, "--run-dir", "one"], capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lco_cli", "sft", *common, "--run-dir", "two"],
-                         capture_output=True, text=True, env=env)
+    # torchrun (what `accelerate launch` wraps) with gloo: two real CPU processes. (`accelerate launch --cpu`
+    # without --multi_cpu starts a single process on this machine, which would test nothing.)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                          "-m", "lco_cli", "sft", *common, "--run-dir", "two"], capture_output=True, text=True, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     r1, r2 = read_jsonl(workdir / "one/sft/metrics.jsonl")[0], read_jsonl(workdir / "two/sft/metrics.jsonl")[0]
+    assert (r1["processes"], r2["processes"]) == (1, 2)
     assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-5)
     assert r1["grad_norm"] == pytest.approx(r2["grad_norm"], rel=1e-4)
     a, b = weights(workdir / "one/sft/final"), weights(workdir / "two/sft/final")

@@ -53,7 +53,8 @@ def run_sft(ctx: Context) -> dict:
             if step % cfg.log_every == 0 or step == steps:
                 dt = max(time.time() - t_last, 1e-9)
                 row = {"step": step, "time": time.time() - t_start, "loss": loss, "lr": sched.get_last_lr()[0],
-                       "grad_norm": grad_norm, "tokens_per_s": tokens_since / dt}
+                       "grad_norm": grad_norm, "tokens_per_s": tokens_since / dt,
+                       "processes": acc.num_processes}
                 if acc.is_main_process:
                     sd.metrics.append(row)
                 t_last, tokens_since = time.time(), 0

@@ -19,8 +19,8 @@ import click
 import torch
 
 from .. import models
-from ..algorithms import HiddenStatesLM, TrainEnv, make_update, needs_reward_model, token_slice
-from ..errors import ConfigError, StageFailedError
+from ..algorithms import HiddenStatesLM, TrainEnv, make_update, needs_reward_model
+from ..errors import StageFailedError
 from ..generation import Rollouts, encode_prompts, make_engine
 from ..reward import DPOReward
 from ..rollout import RolloutBatch, from_rollouts
@@ -101,7 +101,7 @@ class Scored:
             out[g].append(i)
         return out
 
-    def select_groups(self, keep: list[int]) -> "Scored":
+    def select_groups(self, keep: list[int]) -> Scored:
         """The groups `keep` (in that order), renumbered 0..len(keep)-1."""
         rows_of = self.groups()
         rows = [i for g in keep for i in rows_of[g]]
@@ -112,7 +112,7 @@ class Scored:
         return Scored([self.examples[g] for g in keep], roll, [self.correct[i] for i in rows], self.rewards[rows])
 
     @staticmethod
-    def concat(parts: list["Scored"]) -> "Scored":
+    def concat(parts: list[Scored]) -> Scored:
         roll, examples, correct, offset = Rollouts([], [], [], [], []), [], [], 0
         for p in parts:
             roll.prompt_ids += p.roll.prompt_ids
