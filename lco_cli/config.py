@@ -377,6 +377,10 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
             errors.append(f"eval.data.{name}: unknown benchmark (known: {', '.join(BENCHMARK_NAMES)})")
     if t.algo != "lco":
         errors.extend(_algo_args_errors(t.algo, t.algo_args))
+        gs = t.algo_args.get("group_size")
+        if gs is not None and gs != t.samples_per_prompt:
+            errors.append(f"train.algo_args.group_size: {gs} conflicts with train.samples_per_prompt "
+                          f"({t.samples_per_prompt}); leave it out, it follows samples_per_prompt")
     elif t.algo_args:
         errors.append("train.algo_args: only for the baseline algorithms (train.algo is 'lco')")
 

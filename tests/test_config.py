@@ -184,3 +184,9 @@ def test_vllm_engine_needs_the_extra_and_cpu_path_never_imports_it(runner, workd
     res = invoke(runner, "validate", "tiny", "train.rollout.engine=vllm")
     assert res.exit_code == 2 and "train.rollout.engine" in res.output and "lco[vllm]" in res.output
     assert "vllm" not in sys.modules
+
+
+def test_algo_group_size_must_follow_samples_per_prompt():
+    errs = errors_of({"train": {"algo": "grpo", "samples_per_prompt": 4, "algo_args": {"group_size": 8}}})
+    assert any(e.startswith("train.algo_args.group_size: 8 conflicts") for e in errs)
+    config.from_dict({"train": {"algo": "grpo", "samples_per_prompt": 4, "algo_args": {"group_size": 4}}})
