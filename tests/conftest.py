@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,34 @@ def invoke(runner, *args):
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def write_pairs(path: Path, n: int = 40, seed: int = 0) -> None:
+    """A local preference-pair file (plain layout) for RM tests: correct vs off-by-a-digit sums."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        rows.append({"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + rng.choice([-10, -1, 1, 10]))})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """One SFT + RM run (RM from a local pairs file) shared by the training tests; copied per test."""
+    root = tmp_path_factory.mktemp("prepared")
+    preset = root / "fast.yaml"
+    preset.write_text(yaml.safe_dump(FAST))
+    write_pairs(root / "pairs.jsonl")
+    runner = CliRunner()
+    assert invoke(runner, "sft", preset, "--run-dir", root / "run").exit_code == 0
+    res = invoke(runner, "rm", preset, "--run-dir", root / "run", "rm.pairs.source=file", f"rm.pairs.path={root / 'pairs.jsonl'}")
+    assert res.exit_code == 0, res.output
+    return root
+
+
+@pytest.fixture
+def run_dir(prepared, workdir):
+    shutil.copytree(prepared / "run", workdir / "run")
+    shutil.copy(prepared / "fast.yaml", workdir / "fast.yaml")
+    return workdir / "run"

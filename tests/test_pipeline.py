@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from conftest import FAST, invoke, read_jsonl
-from test_train import write_pairs
+from conftest import write_pairs
 
 RM_FILE = ["rm.pairs.source=file", "rm.pairs.path=pairs.jsonl"]
 

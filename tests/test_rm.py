@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from conftest import invoke, read_jsonl
 from lco_cli.commands.rm import dpo_loss
 from lco_cli.pairs import pairs_from_rows, pairs_from_samples
-from test_train import write_pairs
+from conftest import write_pairs
 
 
 def test_dpo_loss_hand_derived():

@@ -3,49 +3,16 @@ resume, multi-epoch updates, the NaN guard, missing prerequisites."""
 from __future__ import annotations
 
 import json
-import random
 import shutil
 
 import pytest
 import torch
-import yaml
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import FAST, invoke, read_jsonl
+from conftest import invoke, read_jsonl
 
 METRIC_KEYS = {"step", "loss", "grad_norm", "lr", "reward_mean", "reward_std", "advantage_mean", "entropy", "sampled_prob",
                "kl_ref", "response_len", "truncated_frac", "tokens_per_s", "skipped_steps", "logit_grad_sampled", "logit_grad_other"}
-
-
-def write_pairs(path, n=40, seed=0):
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        a, b = rng.randint(10, 99), rng.randint(10, 99)
-        rows.append({"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + rng.choice([-10, -1, 1, 10]))})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """One SFT + RM run shared by the tests of this module (copied per test)."""
-    root = tmp_path_factory.mktemp("prepared")
-    preset = root / "fast.yaml"
-    preset.write_text(yaml.safe_dump(FAST))
-    write_pairs(root / "pairs.jsonl")
-    runner = CliRunner()
-    assert invoke(runner, "sft", preset, "--run-dir", root / "run").exit_code == 0
-    res = invoke(runner, "rm", preset, "--run-dir", root / "run", "rm.pairs.source=file", f"rm.pairs.path={root / 'pairs.jsonl'}")
-    assert res.exit_code == 0, res.output
-    return root
-
-
-@pytest.fixture
-def run_dir(prepared, workdir):
-    shutil.copytree(prepared / "run", workdir / "run")
-    shutil.copy(prepared / "fast.yaml", workdir / "fast.yaml")
-    return workdir / "run"
 
 
 def train(runner, *overrides):

@@ -10,11 +10,8 @@ import shutil
 
 import pytest
 import torch
-import yaml
-from click.testing import CliRunner
 from conftest import FAST, invoke, read_jsonl
 from safetensors.torch import load_file
-from test_train import write_pairs
 
 COMMON = {"step", "loss", "grad_norm", "lr", "reward_mean", "reward_std", "entropy", "sampled_prob", "kl_ref",
           "response_len", "truncated_frac", "tokens_per_s", "skipped_steps", "rollout_samples", "rollout_samples_total"}
@@ -29,27 +26,6 @@ DIAGNOSTICS = {
     "gkd": {"distill_jsd", "gkd_on_policy", "logit_grad_sampled", "logit_grad_other"},
     "minillm": CLIP | {"pg_loss", "single_step_kl", "mix_weight_mean", "teacher_logprob_mean", "logit_grad_sampled"},
 }
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """One SFT + RM run shared by the tests of this module (copied per test)."""
-    root = tmp_path_factory.mktemp("prepared_baselines")
-    preset = root / "fast.yaml"
-    preset.write_text(yaml.safe_dump(FAST))
-    write_pairs(root / "pairs.jsonl")
-    runner = CliRunner()
-    assert invoke(runner, "sft", preset, "--run-dir", root / "run").exit_code == 0
-    res = invoke(runner, "rm", preset, "--run-dir", root / "run", "rm.pairs.source=file", f"rm.pairs.path={root / 'pairs.jsonl'}")
-    assert res.exit_code == 0, res.output
-    return root
-
-
-@pytest.fixture
-def run_dir(prepared, workdir):
-    shutil.copytree(prepared / "run", workdir / "run")
-    shutil.copy(prepared / "fast.yaml", workdir / "fast.yaml")
-    return workdir / "run"
 
 
 def train(runner, *overrides, run="run"):
