@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -95,11 +96,12 @@ def test_two_process_accelerate_matches_single_process(fast_preset, workdir):
     common = [str(fast_preset), "sft.max_steps=1", "sft.eval_problems=0", "sft.lr=1e-2"]
     one = subprocess.run([sys.executable, "-m", "lco_cli", "sft", *common, "--run-dir", "one"], capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
+    shutil.copytree(workdir / "one/base", workdir / "two/base")  # the same initial weights, built once
     # torchrun (what `accelerate launch` wraps) with gloo: two real CPU processes. (`accelerate launch --cpu`
     # without --multi_cpu starts a single process on this machine, which would test nothing.)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                           "-m", "lco_cli", "sft", *common, "--run-dir", "two"], capture_output=True, text=True, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-6000:]
     r1, r2 = read_jsonl(workdir / "one/sft/metrics.jsonl")[0], read_jsonl(workdir / "two/sft/metrics.jsonl")[0]
     assert (r1["processes"], r2["processes"]) == (1, 2)
     assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-5)
