@@ -51,11 +51,7 @@ class CompositeEngine:
             gen = self._generate_chunk([p for _, p in chunk], temperature, top_p, max_new_tokens)
             for (gi, p), row in zip(chunk, gen):
                 resp, truncated = _cut_at_eos(row, self.tokenizer.eos_token_id)
-                out.prompt_ids.append(list(p))
-                out.response_ids.append(resp)
-                out.texts.append(self.tokenizer.decode(resp, skip_special_tokens=True))
-                out.truncated.append(truncated)
-                out.group.append(gi)
+                out.add(p, resp, truncated, gi, self.tokenizer)
         return out
 
     def _generate_chunk(self, prompts: list[list[int]], temperature: float, top_p: float, max_new: int) -> list[list[int]]:

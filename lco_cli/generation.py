@@ -29,6 +29,14 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.response_ids)
 
+    def add(self, prompt: list[int], response: list[int], truncated: bool, group: int, tokenizer) -> None:
+        """Append one sampled response (its text decoded without special tokens)."""
+        self.prompt_ids.append(list(prompt))
+        self.response_ids.append(response)
+        self.texts.append(tokenizer.decode(response, skip_special_tokens=True))
+        self.truncated.append(truncated)
+        self.group.append(group)
+
 
 def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int):
     """Right-padded [prompt | response | pad] tensors.
@@ -96,11 +104,7 @@ class HFEngine:
                     )[:, width:].cpu()
                 for row, (gi, p) in enumerate(chunk):
                     resp, truncated = _cut_at_eos(gen[row].tolist(), eos)
-                    out.prompt_ids.append(list(p))
-                    out.response_ids.append(resp)
-                    out.texts.append(tok.decode(resp, skip_special_tokens=True))
-                    out.truncated.append(truncated)
-                    out.group.append(gi)
+                    out.add(p, resp, truncated, gi, tok)
         finally:
             self.model.train(was_training)
         return out

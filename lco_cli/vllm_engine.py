@@ -46,9 +46,5 @@ class VLLMEngine:
                 truncated = comp.finish_reason == "length"
                 if not truncated and (not ids or ids[-1] != eos):
                     ids.append(eos)  # vLLM strips the stop token; training needs it
-                roll.prompt_ids.append(list(p))
-                roll.response_ids.append(ids)
-                roll.texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
-                roll.truncated.append(truncated)
-                roll.group.append(gi)
+                roll.add(p, ids, truncated, gi, self.tokenizer)
         return roll
