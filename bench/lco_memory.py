@@ -10,6 +10,10 @@ Cases (forward + backward each, from synthetic final hidden states, float32):
 * ``grpo_kl`` (optional) — ``grpo`` plus the k3 KL to a reference model (β_KL = 0.04, the
   original GRPO setting; the project's GRPO baseline uses it), whose sampled-token log-probs are
   computed first under ``no_grad`` the same TRL way: one more ``N×H×V`` projection;
+* ``chunked_topk`` (optional) — ``chunked`` with the advantage's support limited to the behaviour
+  policy's top-k tokens (``train.advantage_topk``, the authors' practice; k = ``TOPK`` = 64):
+  centring over the support cancels the log-softmax normalisers, so the engine projects the RM
+  and reference onto the k support tokens only — three ``N×H×V`` matmuls instead of five;
 * ``chunked_sparse`` (optional) — LCO-KLD with the sparse advantage (eq. 11) through the chunked
   engine: no RM/ref projections, so it costs the same three ``N×H×V`` matmuls as ``grpo`` and
   isolates the engine's own overhead;
@@ -43,8 +47,9 @@ import time
 
 DEFAULT_SIZES = "32000x2048,32000x4096,152000x2048,152000x4096"
 QUICK_SIZES = "8000x512,16000x1024"
-DEFAULT_CASES = "naive,chunked,grpo"
-ALL_CASES = ("naive", "chunked", "grpo", "grpo_kl", "chunked_sparse", "grpo_chunked")
+DEFAULT_CASES = "naive,chunked,chunked_topk,grpo"
+ALL_CASES = ("naive", "chunked", "chunked_topk", "grpo", "grpo_kl", "chunked_sparse", "grpo_chunked")
+TOPK = 64
 GIB = 1024**3
 # Peak of the naive case in [N, V] float32 copies, besides its inputs (measured ~5.6 at
 # V=32000 and V=152000, N=2048 on CPU; rounded up for safety).
@@ -64,10 +69,10 @@ def _inputs(case: str, V: int, N: int, H: int, device: str):
         return torch.randn(*shape, generator=g, device=device).mul_(scale)
 
     x = {"h": randn(N, H).requires_grad_(), "W": randn(V, H, scale=H**-0.5).requires_grad_()}
-    models = {"naive": ("rm", "ref"), "chunked": ("rm", "ref"), "grpo_kl": ("ref",)}.get(case, ())
+    models = {"naive": ("rm", "ref"), "chunked": ("rm", "ref"), "chunked_topk": ("rm", "ref"), "grpo_kl": ("ref",)}.get(case, ())
     for name in models:
         x[f"h_{name}"], x[f"W_{name}"] = randn(N, H), randn(V, H, scale=H**-0.5)
-    if case not in ("naive", "chunked"):
+    if case not in ("naive", "chunked", "chunked_topk"):
         x["ids"] = torch.randint(0, V, (N,), generator=g, device=device)
         x["adv"] = randn(N)
     return x
@@ -93,7 +98,7 @@ def _naive_lco(x, chunk_size):
     return loss
 
 
-def _chunked_lco(x, chunk_size):
+def _chunked_lco(x, chunk_size, topk=None):
     import torch
 
     from lco_cli.chunked import VocabHead, lco_chunked_loss
@@ -109,9 +114,14 @@ def _chunked_lco(x, chunk_size):
         advantage="dpo",
         rm=VocabHead(x["h_rm"], x["W_rm"]),
         ref=VocabHead(x["h_ref"], x["W_ref"]),
+        topk=topk,
     )
     loss.backward()
     return loss
+
+
+def _chunked_lco_topk(x, chunk_size):
+    return _chunked_lco(x, chunk_size, topk=TOPK)
 
 
 def _trl_selective_log_softmax(logits, index):
@@ -190,6 +200,7 @@ def _grpo_chunked(x, chunk_size):
 CASES = {
     "naive": _naive_lco,
     "chunked": _chunked_lco,
+    "chunked_topk": _chunked_lco_topk,
     "grpo": _grpo,
     "grpo_kl": _grpo_kl,
     "chunked_sparse": _chunked_sparse,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .chunked import VocabHead, chunked_entropy_and_logprobs, chunked_token_loss, compute_dtype
+from .chunked import VocabHead, chunked_entropy_and_logprobs, chunked_token_loss, compute_dtype, dense_advantage_chunk
 from .objectives import dense_advantage_, get_objective, sparse_advantage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -230,22 +230,21 @@ class LCOUpdate(Update):
         """A(s_t, a_t) at the sampled token after centring/clipping/top-k (sign decides β_neg)."""
         cfg, cs = self.cfg, self.env.chunk_size
         rm, ref = VocabHead(*batch.extras["rm_head"]), VocabHead(*batch.extras["ref_head"])
-        old = self._old_head(batch, None)
+        old = self._old_head(batch, None) if cfg.advantage_topk else None  # only the support needs it
         sampled = batch.sampled_ids
         out = torch.empty(rm.num_tokens, dtype=compute_dtype(rm.weight.dtype), device=rm.hidden.device)
         for start in range(0, rm.num_tokens, cs):
             sl = slice(start, min(start + cs, rm.num_tokens))
-            adv = self._raw_advantage(rm, ref, sl)
-            z_old = old.logits(sl) if cfg.advantage_topk else None
-            adv = dense_advantage_(adv, center=cfg.advantage_center, clip=cfg.advantage_clip, topk=cfg.advantage_topk, old_logits=z_old)
+            adv = self._dense_advantage(rm, ref, sl, old.logits(sl) if cfg.advantage_topk else None)
             out[sl] = adv.gather(-1, sampled[sl, None]).squeeze(-1)
         return out
 
-    def _raw_advantage(self, rm: VocabHead, ref: VocabHead, sl: slice) -> torch.Tensor:
-        adv = torch.log_softmax(rm.logits(sl), -1)
-        if self.cfg.advantage == "dpo":
-            adv = adv - torch.log_softmax(ref.logits(sl), -1)
-        return adv
+    def _dense_advantage(self, rm: VocabHead, ref: VocabHead, sl: slice, z_old: torch.Tensor | None) -> torch.Tensor:
+        """Shaped dense advantage of the tokens in `sl` (eq. 13 or 12; top-k fast path in the engine)."""
+        cfg = self.cfg
+        dpo = cfg.advantage == "dpo"
+        return dense_advantage_chunk(rm.hidden[sl], rm, ref.hidden[sl] if dpo else None, ref if dpo else None, z_old,
+                                     center=cfg.advantage_center, clip=cfg.advantage_clip, topk=cfg.advantage_topk)
 
     def _old_head(self, batch, policy: VocabHead | None) -> VocabHead:
         if "old_head" in batch.extras:
@@ -285,18 +284,17 @@ class LCOUpdate(Update):
             if cfg.advantage == "sparse":
                 t["seq_adv"] = seq_adv[sl]
             else:
-                t["adv"] = self._raw_advantage(rm, ref, sl)
+                t["sl"] = sl  # the advantage needs z_old (top-k support), known after projection
             return t
 
-        def token_loss(z, sampled_ids, beta, z_old=None, adv=None, seq_adv=None):
+        def token_loss(z, sampled_ids, beta, z_old=None, sl=None, seq_adv=None):
             with torch.no_grad():
                 z_old = z.detach() if z_old is None else z_old.to(z.dtype)
-                if adv is None:
+                if sl is None:
                     adv = dense_advantage_(sparse_advantage(sampled_ids, seq_adv.to(z.dtype), V),
                                            center=cfg.advantage_center, clip=cfg.advantage_clip)
                 else:
-                    adv = dense_advantage_(adv, center=cfg.advantage_center, clip=cfg.advantage_clip,
-                                           topk=cfg.advantage_topk, old_logits=z_old)
+                    adv = self._dense_advantage(rm, ref, sl, z_old)
                 z_star = z_old + adv / beta.to(z.dtype)[:, None]
             return self.objective.token_loss(z, z_star)
 

@@ -291,6 +291,53 @@ def _log_softmax_(z: Tensor) -> Tensor:
     return z.sub_(torch.logsumexp(z, dim=-1, keepdim=True))
 
 
+def _support_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor) -> Tensor:
+    """Logits of the token ids ``[c, k]`` only: ``h · W[ids]ᵀ (+ b[ids])`` — O(c·k·H), not O(c·V·H)."""
+    z = torch.bmm(weight[ids], hidden.to(weight.dtype).unsqueeze(-1)).squeeze(-1)
+    if bias is not None:
+        z = z + bias[ids]
+    return z.to(compute_dtype(z.dtype))
+
+
+def dense_advantage_chunk(
+    rm_hidden: Tensor,
+    rm: VocabHead,
+    ref_hidden: Tensor | None,
+    ref: VocabHead | None,
+    z_old: Tensor | None,
+    *,
+    center: bool = True,
+    clip: float | None = None,
+    topk: int | None = None,
+) -> Tensor:
+    """The shaped dense advantage ``[c, V]`` of one chunk (eq. 13, or eq. 12 when ``ref`` is None).
+
+    ``log φ(·|s) − log φ_ref(·|s)`` then :func:`~lco_cli.objectives.dense_advantage_` shaping.
+    With a top-k support *and* centring (the authors' practice) only the k support logits of φ and
+    φ_ref are needed: centring over the support cancels both log-softmax normalisers, so
+    ``A = (z_φ − z_ref)[support] − mean_support(z_φ − z_ref)``. That skips the two full-vocabulary
+    projections (5 → 3 [c, V]-sized matmuls per chunk, like a sampled-token loss) with the same result.
+    ``z_old`` (the behaviour logits) is needed only for a top-k support; the result has its dtype.
+    """
+    if topk is not None and z_old is None:
+        raise ValueError("a top-k support needs the behaviour logits z_old")
+    if topk is not None and center:
+        ids = z_old.topk(min(int(topk), z_old.shape[-1]), dim=-1).indices
+        adv_k = _support_logits(rm_hidden, rm.weight, rm.bias, ids)
+        if ref is not None:
+            adv_k -= _support_logits(ref_hidden, ref.weight, ref.bias, ids)
+        adv_k -= adv_k.mean(-1, keepdim=True)
+        if clip is not None:
+            adv_k.clamp_(-float(clip), float(clip))
+        return torch.zeros_like(z_old).scatter_(-1, ids, adv_k.to(z_old.dtype))
+    adv = _log_softmax_(_project(rm_hidden, rm.weight, rm.bias))
+    if ref is not None:
+        adv -= _log_softmax_(_project(ref_hidden, ref.weight, ref.bias))
+    if z_old is not None:
+        adv = adv.to(z_old.dtype)
+    return dense_advantage_(adv, center=center, clip=clip, topk=topk, old_logits=z_old)
+
+
 def _optimal_logits_(adv: Tensor, z_old: Tensor, beta: Beta) -> Tensor:
     """``z* = z_old + A/β`` (eq. 7), written into ``adv``'s storage."""
     if isinstance(beta, Tensor):
@@ -383,18 +430,17 @@ def lco_chunked_loss(
         if advantage == "sparse":
             tgt["seq_adv"] = seq_adv[sl]
         else:
-            # Raw dense advantage, built here so the RM/ref logits die before the loss runs.
-            adv = _log_softmax_(rm.logits(sl))
+            # Hidden rows only: the advantage needs z_old (top-k support), known after projection.
+            tgt["rm_hidden"] = rm.hidden[sl]
             if advantage == "dpo":
-                adv -= _log_softmax_(ref.logits(sl))
-            tgt["adv"] = adv
+                tgt["ref_hidden"] = ref.hidden[sl]
         if sampled_ids is not None:
             tgt["sampled_ids"] = sampled_ids[sl]
         if per_token_beta:
             tgt["beta"] = beta[sl]
         return tgt
 
-    def token_loss(z, z_old=None, adv=None, seq_adv=None, sampled_ids=None, beta=beta):
+    def token_loss(z, z_old=None, rm_hidden=None, ref_hidden=None, seq_adv=None, sampled_ids=None, beta=beta):
         with torch.no_grad():
             # The policy's own detached logits double as z_old: no second projection needed.
             z_old = z.detach() if z_old is None else z_old.to(z.dtype)
@@ -402,8 +448,8 @@ def lco_chunked_loss(
                 adv = sparse_advantage(sampled_ids, seq_adv.to(z.dtype), vocab)
                 adv = dense_advantage_(adv, center=center, clip=clip)
             else:
-                # Shaping needs z_old (top-k support), which for old=None is only known here.
-                adv = dense_advantage_(adv, center=center, clip=clip, topk=topk, old_logits=z_old)
+                adv = dense_advantage_chunk(rm_hidden, rm, ref_hidden, ref if advantage == "dpo" else None, z_old,
+                                            center=center, clip=clip, topk=topk)
             if beta_neg is not None:
                 sampled_adv = adv.gather(-1, sampled_ids.long().unsqueeze(-1)).squeeze(-1)
                 beta = select_beta(beta, beta_neg, sampled_adv)

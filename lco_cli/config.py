@@ -70,6 +70,7 @@ class TaskConfig:
     op: str = F("mul", doc="Arithmetic operation.", choices=("add", "mul"))
     digits: int = F(2, doc="Digits per operand.", ge=1, le=6)
     n_test: int = F(400, doc="Held-out problems (deterministic from the seed, never trained on).", ge=1)
+    slip_rate: float = F(0.0, doc="Fraction of SFT demonstrations written with the carry slip (every column added without carrying, 57+68=15; add only): an imperfect teacher for RL to correct.", ge=0, le=1)
 
 
 @dataclass
@@ -361,6 +362,8 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
         errors.append(f"train.samples_per_prompt: {t.algo} needs >= 2 samples per prompt for group advantages")
     if t.advantage_norm == "group" and t.samples_per_prompt < 2 and (t.advantage == "sparse" or t.algo != "lco"):
         errors.append("train.advantage_norm: 'group' needs train.samples_per_prompt >= 2")
+    if p.task.slip_rate > 0 and p.task.op != "add":
+        errors.append("task.slip_rate: the carry slip is defined for task.op 'add' only")
     if p.rm.pairs.source in ("file", "hub") and not p.rm.pairs.path:
         errors.append(f"rm.pairs.path: required when rm.pairs.source is '{p.rm.pairs.source}'")
     if t.rollout.engine == "vllm":

@@ -76,7 +76,7 @@ def _render_messages(tokenizer, messages: list[dict], use_template: bool) -> str
 def sft_pairs(cfg: "DataConfig", tokenizer, task) -> list[TextPair]:
     if cfg.source == "task":
         items = task.train[: cfg.limit] if cfg.limit else task.train
-        return [TextPair(e.prompt, e.answer) for e in items]
+        return [TextPair(e.prompt, e.demo) for e in items]  # the teacher's demonstration (task.slip_rate)
     return pairs_from_rows(load_rows(cfg.source, cfg.split, cfg.limit), cfg, tokenizer)
 
 

@@ -10,6 +10,7 @@ from lco_cli.chunked import (
     chunked_entropy_and_logprobs,
     chunked_selective_logprobs,
     chunked_token_loss,
+    dense_advantage_chunk,
     lco_chunked_loss,
 )
 from lco_cli.objectives import dense_advantage, lco_loss, select_beta, sparse_advantage
@@ -125,6 +126,30 @@ def test_topk_clip_no_centering(kind, advantage):
     for knobs in ({"topk": 3, "clip": 0.8}, {"center": False}, {"topk": 4, "center": False}):
         loss, _ = case.chunked(kind, advantage, beta=0.5, use_old=True, chunk_size=6, **knobs)
         assert_same_loss_and_grads(case, loss, case.reference(kind, advantage, beta=0.5, use_old=True, **knobs))
+
+
+@pytest.mark.parametrize("ref_too", [True, False])
+def test_topk_fast_path_skips_full_projections(ref_too, monkeypatch):
+    """Centred top-k advantages come from the k support logits only — and equal the full path."""
+    case = Case(seed=23)
+    ref = case.ref if ref_too else None
+    ref_h = case.ref.hidden if ref_too else None
+    z_old = case.old.logits(slice(None))
+    raw = torch.log_softmax(case.rm.logits(slice(None)), -1)
+    if ref_too:
+        raw = raw - torch.log_softmax(case.ref.logits(slice(None)), -1)
+    for knobs in ({"topk": 3}, {"topk": 5, "clip": 0.4}, {"topk": V}):
+        want = dense_advantage(raw, old_logits=z_old, **knobs)
+        with monkeypatch.context() as m:
+            m.setattr("lco_cli.chunked._project", lambda *a: pytest.fail("full-vocabulary projection on the fast path"))
+            got = dense_advantage_chunk(case.rm.hidden, case.rm, ref_h, ref, z_old, **knobs)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert ((got != 0).sum(-1) <= knobs["topk"]).all()
+    # without centring the log-softmax normalisers matter: the full path runs
+    full = dense_advantage_chunk(case.rm.hidden, case.rm, ref_h, ref, z_old, topk=3, center=False)
+    torch.testing.assert_close(full, dense_advantage(raw, old_logits=z_old, topk=3, center=False))
+    with pytest.raises(ValueError, match="z_old"):
+        dense_advantage_chunk(case.rm.hidden, case.rm, ref_h, ref, None, topk=3)
 
 
 @pytest.mark.parametrize("advantage", ADVANTAGES)

@@ -77,6 +77,9 @@ def test_cross_checks():
     assert any("rm.pairs.path: required" in e for e in errs)
     errs = errors_of({"train": {"algo_args": {"clip": 0.1}}})
     assert any("train.algo_args" in e for e in errs)
+    errs = errors_of({"task": {"op": "mul", "slip_rate": 0.5}})
+    assert errs == ["task.slip_rate: the carry slip is defined for task.op 'add' only"]
+    assert config.from_dict({"task": {"op": "add", "slip_rate": 0.5}}).task.slip_rate == 0.5
 
 
 def test_override_parsing():
