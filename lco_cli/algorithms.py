@@ -296,7 +296,8 @@ class LCOUpdate(Update):
                 else:
                     adv = self._dense_advantage(rm, ref, sl, z_old)
                 z_star = z_old + adv / beta.to(z.dtype)[:, None]
-            return self.objective.token_loss(z, z_star)
+            # Closed-form loss and logit gradient (eqs. 8–10, 44, 47), as in `lco_chunked_loss`.
+            return self.objective.loss_and_grad(z, z_star, need_grad=z.requires_grad)
 
         return chunked_token_loss(policy, token_loss, weights, self.env.chunk_size, targets=targets, stats=stats)
 

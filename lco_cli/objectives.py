@@ -170,7 +170,9 @@ class LCOKLD(LCOObjective):
         del log_p_star
         # Σ π*(log π* − log π_θ) with log π_θ = z − lse(z): −H(π*) − Σ π* z + lse(z) Σ π*
         loss = neg_entropy_star - _rowdot(p_star, z) + torch.logsumexp(z, dim=-1) * p_star.sum(-1)
-        grad = torch.softmax(z, dim=-1).sub_(p_star) if need_grad else None  # eq. 47
+        # eq. 47, π_θ − π*. π_θ goes through the very ops that made π* so that z = z* gives an exact
+        # zero: rounding noise (~1e-9) would otherwise become lr-sized steps under Adam's scaling.
+        grad = torch.log_softmax(z, dim=-1).clamp_(min=torch.finfo(z.dtype).min).exp_().sub_(p_star) if need_grad else None
         return loss, grad
 
 
