@@ -98,24 +98,20 @@ def _naive_lco(x, chunk_size):
     return loss
 
 
-def _chunked_lco(x, chunk_size, topk=None):
+def _chunked_lco(x, chunk_size, advantage="dpo", topk=None):
+    """LCO-KLD through the chunked engine: dense DPO advantage (eq. 13) or sparse (eq. 11)."""
     import torch
 
     from lco_cli.chunked import VocabHead, lco_chunked_loss
 
+    if advantage == "dpo":
+        inputs = {"rm": VocabHead(x["h_rm"], x["W_rm"]), "ref": VocabHead(x["h_ref"], x["W_ref"]), "topk": topk}
+    else:
+        inputs = {"sampled_ids": x["ids"], "seq_adv": x["adv"]}
     n = x["h"].shape[0]
     weights = torch.full((n,), 1.0 / n, device=x["h"].device)
-    loss, _ = lco_chunked_loss(
-        VocabHead(x["h"], x["W"]),
-        kind="kld",
-        beta=1.0,
-        weights=weights,
-        chunk_size=chunk_size,
-        advantage="dpo",
-        rm=VocabHead(x["h_rm"], x["W_rm"]),
-        ref=VocabHead(x["h_ref"], x["W_ref"]),
-        topk=topk,
-    )
+    loss, _ = lco_chunked_loss(VocabHead(x["h"], x["W"]), kind="kld", beta=1.0, weights=weights, chunk_size=chunk_size,
+                               advantage=advantage, **inputs)
     loss.backward()
     return loss
 
@@ -168,24 +164,7 @@ def _grpo_kl(x, chunk_size, kl_coef=0.04):
 
 
 def _chunked_sparse(x, chunk_size):
-    import torch
-
-    from lco_cli.chunked import VocabHead, lco_chunked_loss
-
-    n = x["h"].shape[0]
-    weights = torch.full((n,), 1.0 / n, device=x["h"].device)
-    loss, _ = lco_chunked_loss(
-        VocabHead(x["h"], x["W"]),
-        kind="kld",
-        beta=1.0,
-        weights=weights,
-        chunk_size=chunk_size,
-        advantage="sparse",
-        sampled_ids=x["ids"],
-        seq_adv=x["adv"],
-    )
-    loss.backward()
-    return loss
+    return _chunked_lco(x, chunk_size, advantage="sparse")
 
 
 def _grpo_chunked(x, chunk_size):
