@@ -70,7 +70,7 @@ class TaskConfig:
     op: str = F("mul", doc="Arithmetic operation.", choices=("add", "mul"))
     digits: int = F(2, doc="Digits per operand.", ge=1, le=6)
     n_test: int = F(400, doc="Held-out problems (deterministic from the seed, never trained on).", ge=1)
-    slip_rate: float = F(0.0, doc="Fraction of SFT demonstrations written with the carry slip (every column added without carrying, 57+68=15; add only): an imperfect teacher for RL to correct.", ge=0, le=1)
+    slip_rate: float = F(0.0, doc="Probability that an SFT demonstration is written with the carry slip (every column added without carrying, 57+68=15; problems without a carry are unaffected; add only): an imperfect teacher for RL to correct.", ge=0, le=1)
 
 
 @dataclass
