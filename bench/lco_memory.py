@@ -4,7 +4,7 @@ Cases (forward + backward each, from synthetic final hidden states, float32):
 
 * ``naive``   — LCO-KLD with the dense DPO advantage (eq. 13), materializing all ``[N, V]`` logits
   of policy, RM and reference, plain autograd;
-* ``chunked`` — the same loss through :func:`lco_cli.chunked.lco_chunked_loss`;
+* ``chunked`` — the same loss through :func:`lco_cli.engines.chunked.lco_chunked_loss`;
 * ``grpo``    — a GRPO-style loss that needs only sampled-token log-probs, computed TRL-style:
   materialized ``[B, T, V]`` logits, ``gather`` minus a per-sequence ``logsumexp`` loop;
 * ``grpo_kl`` (optional) — ``grpo`` plus the k3 KL to a reference model (β_KL = 0.04, the
@@ -87,7 +87,7 @@ def _naive_lco(x, chunk_size):
     """LCO-KLD, dense DPO advantage, everything materialized as [N, V]."""
     import torch
 
-    from lco_cli.objectives import dense_advantage, lco_loss
+    from lco_cli.losses.lco import dense_advantage, lco_loss
 
     z = x["h"] @ x["W"].T
     with torch.no_grad():
@@ -102,7 +102,7 @@ def _chunked_lco(x, chunk_size, advantage="dpo", topk=None):
     """LCO-KLD through the chunked engine: dense DPO advantage (eq. 13) or sparse (eq. 11)."""
     import torch
 
-    from lco_cli.chunked import VocabHead, lco_chunked_loss
+    from lco_cli.engines.chunked import VocabHead, lco_chunked_loss
 
     if advantage == "dpo":
         inputs = {"rm": VocabHead(x["h_rm"], x["W_rm"]), "ref": VocabHead(x["h_ref"], x["W_ref"]), "topk": topk}
@@ -168,7 +168,7 @@ def _chunked_sparse(x, chunk_size):
 
 
 def _grpo_chunked(x, chunk_size):
-    from lco_cli.chunked import VocabHead, chunked_selective_logprobs
+    from lco_cli.engines.chunked import VocabHead, chunked_selective_logprobs
 
     logp = chunked_selective_logprobs(VocabHead(x["h"], x["W"]), x["ids"], chunk_size)
     loss = _grpo_loss(logp, x["adv"])
@@ -301,7 +301,7 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default=None, help=f"comma-separated VxN (default {DEFAULT_SIZES})")
     p.add_argument("--quick", action="store_true", help=f"small run ({QUICK_SIZES})")
     p.add_argument("--cases", default=DEFAULT_CASES, help=f"comma-separated subset of {','.join(ALL_CASES)}")
-    p.add_argument("--chunk-size", type=int, default=None, help="tokens per chunk (default: lco_cli.chunked.DEFAULT_CHUNK_SIZE)")
+    p.add_argument("--chunk-size", type=int, default=None, help="tokens per chunk (default: lco_cli.engines.chunked.DEFAULT_CHUNK_SIZE)")
     p.add_argument("--hidden", type=int, default=1024, help="hidden size H")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--max-naive-gib", type=float, default=16.0, help="skip naive cases estimated above this")
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, _repo_root())
     import torch
 
-    from lco_cli.chunked import DEFAULT_CHUNK_SIZE
+    from lco_cli.engines.chunked import DEFAULT_CHUNK_SIZE
 
     args.chunk_size = args.chunk_size or DEFAULT_CHUNK_SIZE
     args.repeat = args.repeat or (3 if args.quick else 1)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .errors import LcoError
+from lco_cli.errors import LcoError
 
 # One line per subcommand: adding a stage is one module plus one entry here.
 COMMANDS = ["run", "sft", "rm", "train", "eval", "validate", "presets", "report", "compare"]

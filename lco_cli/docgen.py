@@ -1,7 +1,7 @@
 """Generate docs/presets.md from the config dataclasses: `python -m lco_cli.docgen > docs/presets.md`."""
 from __future__ import annotations
 
-from .config import field_docs
+from lco_cli.config import field_docs
 
 
 def presets_markdown() -> str:
@@ -35,7 +35,7 @@ def _algo_table() -> str:
     try:
         import dataclasses
 
-        from .baselines import ALGOS
+        from lco_cli.losses.baselines import ALGOS
     except ImportError:  # pragma: no cover
         return ""
     out = []

@@ -1,4 +1,4 @@
-"""Hand-derived checks of the baseline losses in ``lco_cli.baselines``.
+"""Hand-derived checks of the baseline losses in ``lco_cli.losses.baselines``.
 
 All tensors are float64 so the written-out arithmetic can be compared tightly. Clipping is
 checked on both branches (A > 0 above 1 + ε, A < 0 below 1 − ε: zero gradient) and in the
@@ -13,7 +13,7 @@ import re
 import pytest
 import torch
 
-from lco_cli.baselines import (
+from lco_cli.losses.baselines import (
     ALGOS,
     DAPO,
     GKD,

@@ -1,12 +1,12 @@
-"""Tests of lco_cli.benchmarks on small synthetic files with each hub dataset's schema."""
+"""Tests of lco_cli.evals.benchmarks on small synthetic files with each hub dataset's schema."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from lco_cli import benchmarks as B
-from lco_cli.benchmarks import COT_INSTRUCTION, Benchmark, Problem, get_benchmark, register
+from lco_cli.evals import benchmarks as B
+from lco_cli.evals.benchmarks import COT_INSTRUCTION, Benchmark, Problem, get_benchmark, register
 
 # Our own toy items (benchmark problems are not ours to ship); answers mix numbers and LaTeX.
 ITEMS = [

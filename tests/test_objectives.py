@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lco_cli.objectives import (
+from lco_cli.losses.lco import (
     LCOKLD,
     LCOLCH,
     LCOMSE,

@@ -159,7 +159,7 @@ def test_eval_missing_inputs(copy_run, runner):
 
 
 def test_pi_star_logits_formula_and_large_beta():
-    from lco_cli.composite import pi_star_logits
+    from lco_cli.engines.composite import pi_star_logits
 
     g = torch.Generator().manual_seed(0)
     z_sft, z_rm, z_ref = (torch.randn(3, 7, generator=g) for _ in range(3))
@@ -177,9 +177,9 @@ def test_pi_star_logits_formula_and_large_beta():
 
 def test_composite_engine_matches_hf_greedy(tmp_path):
     """A single-model composite decodes exactly like HF generate (greedy), KV caches included."""
-    from lco_cli.composite import CompositeEngine
-    from lco_cli.generation import HFEngine
-    from lco_cli.models import build_tiny
+    from lco_cli.engines.composite import CompositeEngine
+    from lco_cli.engines.generation import HFEngine
+    from lco_cli.runtime.models import build_tiny
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -193,7 +193,7 @@ def test_composite_engine_matches_hf_greedy(tmp_path):
 
 
 def test_top_p_sampling_keeps_the_nucleus():
-    from lco_cli.composite import sample_next
+    from lco_cli.engines.composite import sample_next
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     draws = {int(sample_next(logits, 1.0, 0.8)) for _ in range(300)}

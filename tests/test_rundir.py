@@ -8,8 +8,8 @@ import os
 import pytest
 
 from lco_cli.errors import StageLockedError
-from lco_cli.rundir import MetricsLog, RunDir, atomic_dir, atomic_write_json
-from lco_cli.training import batch_indices
+from lco_cli.runtime.rundir import MetricsLog, RunDir, atomic_dir, atomic_write_json
+from lco_cli.runtime.training import batch_indices
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):

@@ -107,5 +107,11 @@ def test_two_process_accelerate_matches_single_process(fast_preset, workdir):
     assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-5)
     assert r1["grad_norm"] == pytest.approx(r2["grad_norm"], rel=1e-4)
     a, b = weights(workdir / "one/sft/final"), weights(workdir / "two/sft/final")
+    # Tolerance: the gradients agree to float32 reduction order (grad_norm above to 1e-4), but Adam's
+    # first step is lr·g/(|g|+ε): for an element whose gradient is itself at the level of that
+    # reduction noise (a sum of cancelling terms), the step changes by a visible fraction of lr.
+    # Seen: 2.6e-6 = 2.6e-4·lr on 2 of 32 elements. atol = 1e-3·lr bounds that and still fails
+    # if a process's data or normaliser were wrong (that moves elements by ~lr).
+    lr = 1e-2
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-3 * lr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from lco_cli.config import DataConfig
-from lco_cli.data import sft_pairs
+from lco_cli.data.sft import sft_pairs
 from lco_cli.tasks import ArithTask, carry_slip
 
 

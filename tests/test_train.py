@@ -90,7 +90,7 @@ def test_resume_equals_uninterrupted(runner, run_dir, workdir, monkeypatch):
 
 
 def test_nan_guard_fails_cleanly_keeping_checkpoint(runner, run_dir, monkeypatch):
-    from lco_cli import objectives
+    from lco_cli.losses import lco as objectives
 
     real = objectives.LCOKLD.loss_and_grad
     calls = {"n": 0}

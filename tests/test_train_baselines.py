@@ -131,7 +131,9 @@ def test_dapo_refills_dropped_groups(runner, run_dir, monkeypatch):
 @pytest.mark.parametrize("algo,token_fn", [("gkd", "gkd_token_loss"), ("minillm", "minillm_token_loss")])
 def test_distillation_goes_through_the_chunked_engine(runner, run_dir, monkeypatch, algo, token_fn):
     """The full-vocabulary divergence only ever sees `loss_chunk_size` rows, inside chunked_token_loss."""
-    from lco_cli import baseline_updates, baselines, generation
+    from lco_cli.engines import generation
+    from lco_cli.losses import baselines
+    from lco_cli.rl import baseline_updates
 
     chunk, seen, engine_calls, mixed = 4, [], {"n": 0}, {"n": 0}
     real_fn, real_engine, real_mixed = getattr(baselines, token_fn), baseline_updates.chunked_token_loss, generation.mixed_sample
@@ -162,9 +164,9 @@ def test_distillation_goes_through_the_chunked_engine(runner, run_dir, monkeypat
 
 def test_teacher_mixed_sampling_decodes_the_mixture(prepared):
     """With top_p → 0 the sampler takes argmax(α·p_T + (1−α)·π): compare to decoding without a KV cache."""
-    from lco_cli import models
+    from lco_cli.runtime import models
     from lco_cli.config import ModelConfig
-    from lco_cli.generation import HFEngine, encode_prompts
+    from lco_cli.engines.generation import HFEngine, encode_prompts
 
     mc = ModelConfig(policy=FAST["model"]["policy"])
     policy = models.load_model(str(prepared / "run/sft/final"), mc, trainable=False)

@@ -1,4 +1,4 @@
-"""Tests of lco_cli.verify: box extraction, math-verify checks, and the hang-proof batch path."""
+"""Tests of lco_cli.evals.verify: box extraction, math-verify checks, and the hang-proof batch path."""
 from __future__ import annotations
 
 import importlib
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from lco_cli import verify as V
-from lco_cli.verify import VerifierPool, check_answer, extract_boxed, verify_batch
+from lco_cli.evals import verify as V
+from lco_cli.evals.verify import VerifierPool, check_answer, extract_boxed, verify_batch
 
 GIANT = r"The answer is \boxed{9^{9^{9^{9}}}}"  # sympy tries to evaluate it: hangs without a bound
 

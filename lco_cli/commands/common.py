@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..config import Preset, load
-from ..errors import ConfigError
-from ..rundir import RunDir
+from lco_cli.config import Preset, load
+from lco_cli.errors import ConfigError
+from lco_cli.runtime.rundir import RunDir
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import MissingArtifactError
+from lco_cli.errors import MissingArtifactError
 
 
 @dataclass

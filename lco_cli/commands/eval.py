@@ -15,16 +15,16 @@ from pathlib import Path
 import click
 import torch
 
-from .. import models
-from ..benchmarks import Problem, get_benchmark
-from ..composite import CompositeEngine, pi_star_logits
-from ..errors import MissingArtifactError
-from ..generation import HFEngine, encode_prompts
-from ..reward import read_rm_meta, reference_of
-from ..rundir import atomic_write_json, atomic_write_text
-from ..tasks import get_task
-from ..training import stage_run
-from .common import Context, resolve, stage_options
+from lco_cli.runtime import models
+from lco_cli.evals.benchmarks import Problem, get_benchmark
+from lco_cli.engines.composite import CompositeEngine, pi_star_logits
+from lco_cli.errors import MissingArtifactError
+from lco_cli.engines.generation import HFEngine, encode_prompts
+from lco_cli.rl.reward import read_rm_meta, reference_of
+from lco_cli.runtime.rundir import atomic_write_json, atomic_write_text
+from lco_cli.tasks import get_task
+from lco_cli.runtime.training import stage_run
+from lco_cli.commands.common import Context, resolve, stage_options
 
 
 @dataclass
@@ -171,6 +171,6 @@ def command(args, run_dir, as_json):
     if as_json:
         click.echo(json.dumps(payload, indent=2))
     else:
-        from .compare import results_table
+        from lco_cli.commands.compare import results_table
 
         results_table({ctx.run.path.name: payload["results"]}, stderr_label="stderr").print()

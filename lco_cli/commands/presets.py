@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 import yaml
 
-from ..config import bundled_presets, dump_yaml, load
+from lco_cli.config import bundled_presets, dump_yaml, load
 
 
 @click.group(invoke_without_command=True, help="List bundled presets (name and description).")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import MissingArtifactError
-from ..rundir import MetricsLog, atomic_write_text
+from lco_cli.errors import MissingArtifactError
+from lco_cli.runtime.rundir import MetricsLog, atomic_write_text
 
 TRAIN_PANELS = [
     ("reward_mean", ["reward_mean"]),
@@ -88,7 +88,7 @@ def plot_eval(results: list[dict], out: Path) -> bool:
 
 
 def write_report(run_dir: Path) -> Path:
-    from .compare import load_run_results, results_table
+    from lco_cli.commands.compare import load_run_results, results_table
 
     if not run_dir.is_dir():
         raise MissingArtifactError(f"run directory not found: {run_dir}")

@@ -17,18 +17,18 @@ import click
 import torch
 import torch.nn.functional as F
 
-from .. import models
-from ..data import tokenize_pair, TextPair
-from ..errors import ConfigError
-from ..generation import HFEngine, encode_prompts, pack
-from ..pairs import Pair, as_rows, load_file_pairs, pairs_from_samples
-from ..reward import RM_META
-from ..rundir import atomic_write_text
-from ..scoring import sequence_logprob_sums, token_logprobs
-from ..tasks import get_task
-from ..training import (Progress, batch_indices, load_checkpoint, make_accelerator, make_optimizer,
+from lco_cli.runtime import models
+from lco_cli.data.sft import tokenize_pair, TextPair
+from lco_cli.errors import ConfigError
+from lco_cli.engines.generation import HFEngine, encode_prompts, pack
+from lco_cli.data.pairs import Pair, as_rows, load_file_pairs, pairs_from_samples
+from lco_cli.rl.reward import RM_META
+from lco_cli.runtime.rundir import atomic_write_text
+from lco_cli.engines.scoring import sequence_logprob_sums, token_logprobs
+from lco_cli.tasks import get_task
+from lco_cli.runtime.training import (Progress, batch_indices, load_checkpoint, make_accelerator, make_optimizer,
                         make_scheduler, maybe_interrupt, optimizer_step, save_checkpoint, shard, stage_run, total_steps, write_json)
-from .common import Context, resolve, stage_options
+from lco_cli.commands.common import Context, resolve, stage_options
 
 
 def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float):

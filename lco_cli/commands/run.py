@@ -17,15 +17,18 @@ from pathlib import Path
 
 import click
 
-from ..config import STAGES
-from ..errors import ConfigError
-from ..rundir import RunDir, atomic_write_json
-from ..training import stage_config_hash, stage_inputs
-from .common import Context, resolve, stage_options
+from lco_cli.config import STAGES
+from lco_cli.errors import ConfigError
+from lco_cli.runtime.rundir import RunDir, atomic_write_json
+from lco_cli.runtime.training import stage_config_hash, stage_inputs
+from lco_cli.commands.common import Context, resolve, stage_options
 
 
 def _runner(stage: str):
-    from . import eval as eval_cmd, rm, sft, train
+    from lco_cli.commands import eval as eval_cmd
+    from lco_cli.commands import rm
+    from lco_cli.commands import sft
+    from lco_cli.commands import train
 
     return {"sft": sft.run_sft, "rm": rm.run_rm, "train": train.run_train, "eval": eval_cmd.run_eval}[stage]
 
@@ -149,6 +152,6 @@ def command(args, run_dir, stages, force, seeds, as_json):
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif summary["results"]:
-        from .compare import results_table
+        from lco_cli.commands.compare import results_table
 
         results_table({Path(ctx.run.path).name: summary["results"]}).print()

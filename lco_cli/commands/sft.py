@@ -7,14 +7,14 @@ import time
 import click
 import torch
 
-from .. import models
-from ..data import sft_pairs, tokenize_pair
-from ..generation import pack
-from ..scoring import token_logprobs
-from ..tasks import get_task, greedy_accuracy
-from ..training import (Progress, batch_indices, load_checkpoint, make_accelerator, make_optimizer,
+from lco_cli.runtime import models
+from lco_cli.data.sft import sft_pairs, tokenize_pair
+from lco_cli.engines.generation import pack
+from lco_cli.engines.scoring import token_logprobs
+from lco_cli.tasks import get_task, greedy_accuracy
+from lco_cli.runtime.training import (Progress, batch_indices, load_checkpoint, make_accelerator, make_optimizer,
                         make_scheduler, maybe_interrupt, optimizer_step, save_checkpoint, shard, stage_run, total_steps, write_json)
-from .common import Context, resolve, stage_options
+from lco_cli.commands.common import Context, resolve, stage_options
 
 
 def run_sft(ctx: Context) -> dict:

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 import click
 import torch
 
-from .. import models
-from ..algorithms import HiddenStatesLM, TrainEnv, make_update, needs_reward_model
-from ..errors import StageFailedError
-from ..generation import Rollouts, encode_prompts, make_engine
-from ..reward import DPOReward
-from ..rollout import RolloutBatch, from_rollouts
-from ..tasks import get_task, greedy_accuracy
-from ..training import (Progress, batch_indices, grad_norm_of, load_checkpoint, make_accelerator, make_optimizer,
+from lco_cli.runtime import models
+from lco_cli.rl.update import HiddenStatesLM, TrainEnv, make_update, needs_reward_model
+from lco_cli.errors import StageFailedError
+from lco_cli.engines.generation import Rollouts, encode_prompts, make_engine
+from lco_cli.rl.reward import DPOReward
+from lco_cli.rl.rollout import RolloutBatch, from_rollouts
+from lco_cli.tasks import get_task, greedy_accuracy
+from lco_cli.runtime.training import (Progress, batch_indices, grad_norm_of, load_checkpoint, make_accelerator, make_optimizer,
                         make_scheduler, maybe_interrupt, save_checkpoint, shard, stage_run, write_json)
-from .common import Context, resolve, stage_options
+from lco_cli.commands.common import Context, resolve, stage_options
 
 
 class PhiAdvantage:

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import click
 
-from ..config import config_hash, to_dict
-from ..models import parse_tiny_spec
-from .common import split_args
+from lco_cli.config import config_hash, to_dict
+from lco_cli.runtime.models import parse_tiny_spec
+from lco_cli.commands.common import split_args
 
 
 @click.command(help="Validate a preset and overrides; reports every problem at once (exit 2 if any).")
 @click.argument("args", nargs=-1, metavar="[PRESET] [KEY=VALUE]...")
 def command(args):
-    from ..config import load
+    from lco_cli.config import load
 
     preset_arg, overrides = split_args(args)
     name, preset = load(preset_arg, overrides)

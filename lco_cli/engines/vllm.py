@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 
-from .generation import Rollouts
+from lco_cli.engines.generation import Rollouts
 
 
 class VLLMEngine:

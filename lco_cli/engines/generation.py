@@ -165,7 +165,7 @@ def _cut_at_eos(tokens: list[int], eos: int) -> tuple[list[int], bool]:
 
 def make_engine(kind: str, model, tokenizer, batch_size: int):
     if kind == "vllm":  # imported lazily: the CPU path never imports vllm
-        from .vllm_engine import VLLMEngine
+        from lco_cli.engines.vllm import VLLMEngine
 
         return VLLMEngine(model, tokenizer, batch_size)
     return HFEngine(model, tokenizer, batch_size)

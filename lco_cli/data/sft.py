@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError, MissingArtifactError
+from lco_cli.errors import ConfigError, MissingArtifactError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import DataConfig
+    from lco_cli.config import DataConfig
 
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .generation import Rollouts, pack
+from lco_cli.engines.generation import Rollouts, pack
 
 
 @dataclass

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from . import models
-from .errors import MissingArtifactError
+from lco_cli.runtime import models
+from lco_cli.errors import MissingArtifactError
 
 RM_META = "lco_rm.json"
 
@@ -53,7 +53,7 @@ class DPOReward:
     @torch.no_grad()
     def token_logratios(self, input_ids, attention_mask) -> torch.Tensor:
         """log φ_DPO − log φ_ref of each next token: [B, L-1]."""
-        from .scoring import token_logprobs
+        from lco_cli.engines.scoring import token_logprobs
 
         return token_logprobs(self.rm, input_ids, attention_mask) - token_logprobs(self.ref, input_ids, attention_mask)
 

@@ -15,9 +15,9 @@ from typing import Iterator
 
 import torch
 
-from .config import Preset, config_hash, dump_yaml, to_dict
-from .errors import LcoError
-from .rundir import RunDir, StageDir, atomic_dir, atomic_write_json, atomic_write_text
+from lco_cli.config import Preset, config_hash, dump_yaml, to_dict
+from lco_cli.errors import LcoError
+from lco_cli.runtime.rundir import RunDir, StageDir, atomic_dir, atomic_write_json, atomic_write_text
 
 INTERRUPT_ENV = "LCO_INTERRUPT_AT_STEP"  # test hook: raise KeyboardInterrupt after this step
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import MissingArtifactError, StageLockedError
+from lco_cli.errors import MissingArtifactError, StageLockedError
 
 STATUS_FILE = "status.json"
 STAGES_WITH_FINAL = ("sft", "rm", "train")
@@ -193,7 +193,7 @@ class RunDir:
         return read_json(self.run_json) if self.run_json.exists() else {}
 
     def write_header(self, preset_name: str, resolved: dict, config_hash: str) -> None:
-        from .config import dump_yaml
+        from lco_cli.config import dump_yaml
 
         info = self.read()
         info.update({"preset": preset_name, "name": resolved.get("name"), "config_hash": config_hash, "versions": package_versions()})

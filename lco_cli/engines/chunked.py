@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .objectives import dense_advantage_, get_objective, select_beta, sparse_advantage
+from lco_cli.losses.lco import dense_advantage_, get_objective, select_beta, sparse_advantage
 
 TokenLoss = Callable[..., Tensor | tuple[Tensor, Tensor | None]]
 Targets = Callable[[slice], dict[str, Tensor]]
@@ -312,7 +312,7 @@ def dense_advantage_chunk(
 ) -> Tensor:
     """The shaped dense advantage ``[c, V]`` of one chunk (eq. 13, or eq. 12 when ``ref`` is None).
 
-    ``log φ(·|s) − log φ_ref(·|s)`` then :func:`~lco_cli.objectives.dense_advantage_` shaping.
+    ``log φ(·|s) − log φ_ref(·|s)`` then :func:`~lco_cli.losses.lco.dense_advantage_` shaping.
     With a top-k support *and* centring (the authors' practice) only the k support logits of φ and
     φ_ref are needed: centring over the support cancels both log-softmax normalisers, so
     ``A = (z_φ − z_ref)[support] − mean_support(z_φ − z_ref)``. That skips the two full-vocabulary
@@ -401,7 +401,7 @@ def lco_chunked_loss(
     * ``A`` (§4.2): ``dpo`` (eq. 13) ``log_softmax(rm) − log_softmax(ref)``; ``logprob``
       (eq. 12) ``log_softmax(rm)`` (rm = φ); ``sparse`` (eq. 11) the sampled token gets
       ``seq_adv``, all others 0;
-    * then :func:`~lco_cli.objectives.dense_advantage` shaping: ``center`` / ``clip`` /
+    * then :func:`~lco_cli.losses.lco.dense_advantage` shaping: ``center`` / ``clip`` /
       ``topk`` (support = top-k of ``z_old``). For ``sparse``, ``topk`` is ignored: the
       support is already the sampled token, and a top-k cut could drop it;
     * ``loss_t = OBJECTIVES[kind].token_loss(z_θ, z*)`` — evaluated through its closed-form
@@ -410,7 +410,7 @@ def lco_chunked_loss(
     ``beta`` is a float or ``[N]`` (per-token β). ``beta_neg`` (needs ``sampled_ids``) replaces β
     on tokens whose *shaped* sampled-token advantage ``A(s_t, a_t)`` is negative — decided inside
     the chunk loop, since for dense advantages that value only exists there
-    (:func:`~lco_cli.objectives.select_beta`). ``sampled_ids`` is required for ``sparse`` and
+    (:func:`~lco_cli.losses.lco.select_beta`). ``sampled_ids`` is required for ``sparse`` and
     ``beta_neg`` and, when given, also feeds the telemetry.
     Returns ``(loss, stats)`` as :func:`chunked_token_loss`.
     """

@@ -20,7 +20,7 @@ from typing import Any, Optional, Union, get_args, get_origin
 
 import yaml
 
-from .errors import ConfigError
+from lco_cli.errors import ConfigError
 
 STAGES = ("sft", "rm", "train", "eval")
 ALGOS = ("lco", "reinforce", "ppo", "grpo", "dapo", "gspo", "gkd", "minillm")
@@ -391,7 +391,7 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
 def _algo_args_errors(algo: str, args: dict) -> list[str]:
     """Validate train.algo_args against the chosen baseline's own Config dataclass."""
     try:
-        from .baselines import ALGOS as BASELINES
+        from lco_cli.losses.baselines import ALGOS as BASELINES
     except ImportError:  # baselines not importable (should not happen in a full install)
         return []
     cfg_cls = getattr(BASELINES.get(algo), "Config", None)

@@ -10,8 +10,8 @@ import hashlib
 import random
 from dataclasses import asdict, dataclass
 
-from .data import format_prompt, load_rows
-from .errors import ConfigError
+from lco_cli.data.sft import format_prompt, load_rows
+from lco_cli.errors import ConfigError
 
 
 @dataclass

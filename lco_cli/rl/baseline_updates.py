@@ -4,7 +4,7 @@ telemetry as LCO — only the objective differs.
 Each class is an `algorithms.Update`: `prepare(batch)` (no grad, once per rollout batch) freezes
 the behaviour log-probs, reference log-probs, the advantages and whatever else the algorithm
 needs; `micro_loss(batch, rows, part)` returns the micro-batch's share of the batch objective (the
-sum over micro-batches and processes is the loss of the pure loss classes in `lco_cli.baselines`,
+sum over micro-batches and processes is the loss of the pure loss classes in `lco_cli.losses.baselines`,
 whose maths they reuse unchanged).
 
 | algo | sequence / token signal | objective (from `baselines`) | loop hooks |
@@ -35,10 +35,10 @@ from typing import ClassVar
 
 import torch
 
-from .algorithms import TrainEnv, Update, _rows, flat, global_sum, policy_head, token_slice
-from .baselines import DAPO, GKD, GRPO, GSPO, PPO, BaselineLoss, MiniLLM, Reinforce, _explained_variance, dynamic_sampling_keep
-from .chunked import VocabHead, chunked_entropy_and_logprobs, chunked_selective_logprobs, chunked_token_loss
-from .errors import ConfigError
+from lco_cli.rl.update import TrainEnv, Update, _rows, flat, global_sum, policy_head, token_slice
+from lco_cli.losses.baselines import DAPO, GKD, GRPO, GSPO, PPO, BaselineLoss, MiniLLM, Reinforce, _explained_variance, dynamic_sampling_keep
+from lco_cli.engines.chunked import VocabHead, chunked_entropy_and_logprobs, chunked_selective_logprobs, chunked_token_loss
+from lco_cli.errors import ConfigError
 
 #: DAPO's overlong cache is 4096 of 20480 tokens (§4.1); the same fraction of our max length.
 OVERLONG_CACHE_FRACTION = 0.2
@@ -55,7 +55,7 @@ def algo_config(cfg, loss_cls: type[BaselineLoss]):
     normaliser `max_completion_length` defaults to `train.rollout.max_new_tokens`. An explicit
     `algo_args` value that contradicts a loop-owned key is a ConfigError (exit 2).
     """
-    from .config import _build
+    from lco_cli.config import _build
 
     args = dict(cfg.algo_args or {})
     errors: list[str] = []
@@ -338,7 +338,7 @@ class ValueModel(torch.nn.Module):
 
     def __init__(self, lm):
         super().__init__()
-        from .algorithms import HiddenStatesLM
+        from lco_cli.rl.update import HiddenStatesLM
 
         self.body = HiddenStatesLM(lm)
         base = self.body._base()
@@ -372,8 +372,8 @@ class PPOUpdate(PolicyGradientUpdate):
 
     def __init__(self, cfg, env):
         super().__init__(cfg, env)
-        from . import models
-        from .training import make_optimizer
+        from lco_cli.runtime import models
+        from lco_cli.runtime.training import make_optimizer
 
         if env.init_from is None:
             raise ConfigError("train.algo=ppo: the loop did not say where the initial policy is (TrainEnv.init_from)")
@@ -425,7 +425,7 @@ class PPOUpdate(PolicyGradientUpdate):
         if self.cfg.max_grad_norm > 0:
             norm = float(acc.clip_grad_norm_(self.value_params, self.cfg.max_grad_norm))
         else:
-            from .training import grad_norm_of
+            from lco_cli.runtime.training import grad_norm_of
 
             norm = grad_norm_of(self.value_params)
         self.value_opt.step()

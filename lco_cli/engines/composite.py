@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .generation import Rollouts, _cut_at_eos
+from lco_cli.engines.generation import Rollouts, _cut_at_eos
 
 
 def pi_star_logits(z_sft: torch.Tensor, z_rm: torch.Tensor, z_ref: torch.Tensor, beta: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .verify import Result, verify_batch
+from lco_cli.evals.verify import Result, verify_batch
 
 #: The Qwen2.5-Math chain-of-thought instruction.
 COT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."

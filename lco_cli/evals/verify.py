@@ -191,7 +191,7 @@ _READY = "ready"
 # does), then enter the loop. argv: the path list as JSON, the socket's file descriptor.
 _BOOTSTRAP = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from lco_cli.verify import _worker_entry; _worker_entry(int(sys.argv[2]))"
+    "from lco_cli.evals.verify import _worker_entry; _worker_entry(int(sys.argv[2]))"
 )
 
 

@@ -13,7 +13,7 @@ Per response token ``t`` with logits ``z_θ ∈ R^|V|``:
 All three are convex in the logits (Lemma 4.6). The target ``z*`` is a constant: it is
 always detached, so gradients only flow into ``z_θ``.
 
-This module works on materialized logits ``[..., V]``; :mod:`lco_cli.chunked` evaluates the
+This module works on materialized logits ``[..., V]``; :mod:`lco_cli.engines.chunked` evaluates the
 same per-token losses over the full vocabulary in token chunks without materializing
 ``[N, V]``.
 """

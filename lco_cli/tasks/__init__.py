@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import TaskConfig
+    from lco_cli.config import TaskConfig
 
 OPS = {"add": ("+", lambda a, b: a + b), "mul": ("*", lambda a, b: a * b)}
 _LEADING_INT = re.compile(r"\s*(-?\d+)")
@@ -88,7 +88,7 @@ def get_task(cfg: "TaskConfig", seed: int) -> ArithTask:
 def greedy_accuracy(model, tokenizer, task: ArithTask, n_problems: int, batch_size: int = 256,
                     max_new_tokens: int = 16) -> dict:
     """Held-out greedy accuracy on the first `n_problems` test problems (fixed, so comparable)."""
-    from .generation import HFEngine, encode_prompts
+    from lco_cli.engines.generation import HFEngine, encode_prompts
 
     problems = task.test[:n_problems]
     if not problems:

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .chunked import VocabHead, chunked_entropy_and_logprobs, chunked_token_loss, compute_dtype, dense_advantage_chunk
-from .objectives import dense_advantage_, get_objective, sparse_advantage
+from lco_cli.engines.chunked import VocabHead, chunked_entropy_and_logprobs, chunked_token_loss, compute_dtype, dense_advantage_chunk
+from lco_cli.losses.lco import dense_advantage_, get_objective, sparse_advantage
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import TrainConfig
-    from .rollout import RolloutBatch
+    from lco_cli.config import TrainConfig
+    from lco_cli.rl.rollout import RolloutBatch
 
 
 # --------------------------------------------------------------------------- the policy wrapper
@@ -307,7 +307,7 @@ ALGORITHMS: dict[str, type[Update]] = {"lco": LCOUpdate}
 
 def make_update(cfg: "TrainConfig", env: TrainEnv) -> Update:
     if cfg.algo not in ALGORITHMS:
-        from .baseline_updates import register_baselines
+        from lco_cli.rl.baseline_updates import register_baselines
 
         register_baselines(ALGORITHMS)
     return ALGORITHMS[cfg.algo](cfg, env)

@@ -12,12 +12,12 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError, MissingArtifactError
-from .rundir import STAGES_WITH_FINAL, atomic_dir
+from lco_cli.errors import ConfigError, MissingArtifactError
+from lco_cli.runtime.rundir import STAGES_WITH_FINAL, atomic_dir
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import ModelConfig, Preset
-    from .rundir import RunDir
+    from lco_cli.config import ModelConfig, Preset
+    from lco_cli.runtime.rundir import RunDir
 
 TINY_DEFAULTS = {"hidden": 128, "layers": 4, "heads": 4, "kv_heads": 4, "intermediate": 512, "positions": 64}
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
