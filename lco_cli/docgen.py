@@ -1,7 +1,7 @@
 """Generate docs/presets.md from the config dataclasses: `python -m lco_cli.docgen > docs/presets.md`."""
 from __future__ import annotations
 
-from lco_cli.config import field_docs
+from lco_cli.config import Preset, field_docs
 
 
 def presets_markdown() -> str:
@@ -15,7 +15,7 @@ def presets_markdown() -> str:
         "| key | type | default | meaning |",
         "|---|---|---|---|",
     ]
-    for key, tp, default, doc in field_docs():
+    for key, tp, default, doc in field_docs(Preset):
         if tp == "section":
             lines.append(f"| **`{key}`** | section | | {doc} |")
         else:

@@ -102,7 +102,7 @@ def test_every_bundled_preset_validates():
 
 
 def test_field_docs_cover_every_field():
-    rows = config.field_docs()
+    rows = config.field_docs(config.Preset)
     keys = {r[0] for r in rows}
     for k in ("train.beta", "train.rollout.engine", "eval.top_p", "rm.pairs.source", "model.lora.r"):
         assert k in keys

@@ -55,11 +55,11 @@ def algo_config(cfg, loss_cls: type[BaselineLoss]):
     normaliser `max_completion_length` defaults to `train.rollout.max_new_tokens`. An explicit
     `algo_args` value that contradicts a loop-owned key is a ConfigError (exit 2).
     """
-    from lco_cli.config import _build
+    from lco_cli.config import build
 
     args = dict(cfg.algo_args or {})
     errors: list[str] = []
-    base = _build(loss_cls.Config, args, "train.algo_args", errors)
+    base = build(loss_cls.Config, args, "train.algo_args", errors)
     if errors:
         raise ConfigError("invalid train.algo_args", errors)
     names = {f.name for f in dataclasses.fields(loss_cls.Config)}

@@ -1,0 +1,159 @@
+"""Presets from YAML: bundled names or paths, KEY=VALUE overrides, validation with every problem at once."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lco_cli.config.schema import BENCHMARK_NAMES, DEFAULT_PRESET, Preset
+from lco_cli.config.typed import build
+from lco_cli.errors import ConfigError
+
+
+def _cross_checks(p: Preset, errors: list[str]) -> None:
+    """Constraints that involve more than one field."""
+    t = p.train
+    if t.algo in ("grpo", "dapo", "gspo") and t.samples_per_prompt < 2:
+        errors.append(f"train.samples_per_prompt: {t.algo} needs >= 2 samples per prompt for group advantages")
+    if t.advantage_norm == "group" and t.samples_per_prompt < 2 and (t.advantage == "sparse" or t.algo != "lco"):
+        errors.append("train.advantage_norm: 'group' needs train.samples_per_prompt >= 2")
+    if p.task.slip_rate > 0 and p.task.op != "add":
+        errors.append("task.slip_rate: the carry slip is defined for task.op 'add' only")
+    if p.rm.pairs.source in ("file", "hub") and not p.rm.pairs.path:
+        errors.append(f"rm.pairs.path: required when rm.pairs.source is '{p.rm.pairs.source}'")
+    if t.rollout.engine == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            errors.append("train.rollout.engine: 'vllm' needs the optional extra (pip install 'lco[vllm]')")
+    for stage in ("sft", "rm"):
+        sec = getattr(p, stage)
+        if sec.batch_size % sec.micro_batch_size and sec.micro_batch_size < sec.batch_size:
+            errors.append(f"{stage}.micro_batch_size: must divide {stage}.batch_size ({sec.batch_size})")
+    for name in p.eval.data:
+        if name not in BENCHMARK_NAMES:
+            errors.append(f"eval.data.{name}: unknown benchmark (known: {', '.join(BENCHMARK_NAMES)})")
+    if t.algo != "lco":
+        errors.extend(_algo_args_errors(t.algo, t.algo_args))
+        gs = t.algo_args.get("group_size")
+        if gs is not None and gs != t.samples_per_prompt:
+            errors.append(f"train.algo_args.group_size: {gs} conflicts with train.samples_per_prompt "
+                          f"({t.samples_per_prompt}); leave it out, it follows samples_per_prompt")
+    elif t.algo_args:
+        errors.append("train.algo_args: only for the baseline algorithms (train.algo is 'lco')")
+
+
+def _algo_args_errors(algo: str, args: dict) -> list[str]:
+    """Validate train.algo_args against the chosen baseline's own Config dataclass."""
+    try:
+        from lco_cli.losses.baselines import ALGOS as BASELINES
+    except ImportError:  # baselines not importable (should not happen in a full install)
+        return []
+    cfg_cls = getattr(BASELINES.get(algo), "Config", None)
+    if cfg_cls is None:
+        return []
+    errs: list[str] = []
+    try:  # types and unknown keys here; the algorithm's own value checks run in its __post_init__
+        build(cfg_cls, args, "train.algo_args", errs)
+    except ConfigError as exc:
+        errs.extend(f"train.algo_args: {d}" for d in (exc.details or [exc.message]))
+    return errs
+
+
+def from_dict(data: dict) -> Preset:
+    """Build and validate a Preset; raises ConfigError listing every problem."""
+    errors: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError("preset: expected a YAML mapping at the top level")
+    preset = build(Preset, data, "", errors)
+    if not errors:
+        _cross_checks(preset, errors)
+    if errors:
+        raise ConfigError(f"invalid preset ({len(errors)} problem{'s' * (len(errors) > 1)})", errors)
+    return preset
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+# --------------------------------------------------------------------------- presets & overrides
+
+
+def bundled_presets() -> dict[str, Path]:
+    """Bundled preset name -> file (shipped inside the installed package)."""
+    root = importlib.resources.files("lco_cli.presets")
+    return {p.name[:-5]: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def read_preset_file(preset: str | None) -> tuple[str, dict]:
+    """Return (preset name, raw mapping) for a bundled name or a YAML path."""
+    preset = preset or DEFAULT_PRESET
+    bundled = bundled_presets()
+    if preset in bundled:
+        path = bundled[preset]
+    else:
+        path = Path(preset)
+        if not path.suffix and not path.exists():
+            raise ConfigError(f"preset: unknown preset '{preset}' (bundled: {', '.join(sorted(bundled))}; or give a YAML path)")
+        if not path.is_file():
+            raise ConfigError(f"preset: file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"preset: {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset: {path} must hold a mapping at the top level")
+    data.setdefault("name", path.stem)
+    return path.stem, data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.beta=0.5' -> (['train', 'beta'], 0.5); values parse as YAML scalars or flow lists."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected KEY=VALUE (e.g. train.beta=0.5)")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"override '{text}': value is not valid YAML") from None
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': {'.'.join(parts[: i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load(preset: str | None, overrides: list[str] = ()) -> tuple[str, Preset]:
+    """Resolve defaults + preset file + overrides into a validated Preset."""
+    preset_name, data = read_preset_file(preset)
+    data = apply_overrides(data, list(overrides))
+    return preset_name, from_dict(data)
+
+
+def config_hash(obj: Any) -> str:
+    blob = json.dumps(obj if isinstance(obj, dict) else to_dict(obj), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(obj if isinstance(obj, dict) else to_dict(obj), sort_keys=False)
