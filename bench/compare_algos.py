@@ -73,7 +73,7 @@ def pin_task_split(seed: int) -> None:
     """Train/eval draw the task split from the base preset's seed, whatever `seed` a run uses."""
     from lco_cli import tasks
     from lco_cli.commands import eval as eval_cmd
-    from lco_cli.commands import train as train_cmd
+    from lco_cli.recipes import train as train_cmd
 
     real = tasks.get_task
     train_cmd.get_task = eval_cmd.get_task = lambda cfg, _seed: real(cfg, seed)

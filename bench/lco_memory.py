@@ -102,7 +102,8 @@ def _chunked_lco(x, chunk_size, advantage="dpo", topk=None):
     """LCO-KLD through the chunked engine: dense DPO advantage (eq. 13) or sparse (eq. 11)."""
     import torch
 
-    from lco_cli.engines.chunked import VocabHead, lco_chunked_loss
+    from lco_cli.engines.chunked import VocabHead
+    from lco_cli.losses.lco_chunked import lco_chunked_loss
 
     if advantage == "dpo":
         inputs = {"rm": VocabHead(x["h_rm"], x["W_rm"]), "ref": VocabHead(x["h_ref"], x["W_ref"]), "topk": topk}

@@ -27,22 +27,20 @@ def presets_markdown() -> str:
 _ALGO_ARGS = """## `train.algo_args`
 
 Knobs of the chosen baseline (`train.algo` other than `lco`), validated against that algorithm's own
-`Config` dataclass in `lco_cli/baselines.py`; defaults follow the original papers and TRL.
+`Config` dataclass of its loss class in `lco_cli/losses/`; defaults follow the original papers and TRL.
 """
 
 
 def _algo_table() -> str:
-    try:
-        import dataclasses
+    import dataclasses
 
-        from lco_cli.losses.baselines import ALGOS
-    except ImportError:  # pragma: no cover
-        return ""
+    from lco_cli.rl.registry import algorithms
+
     out = []
-    for name, cls in ALGOS.items():
-        cfg = getattr(cls, "Config", None)
-        if cfg is None:
+    for name, update in algorithms().items():
+        if update.loss_cls is None:
             continue
+        cfg = update.loss_cls.Config
         fields = ", ".join(f"`{f.name}`={f.default!r}" for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING)
         out.append(f"- `{name}`: {fields}")
     return "\n".join(out)

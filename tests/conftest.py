@@ -57,6 +57,16 @@ def invoke(runner, *args):
     return result
 
 
+def free_port() -> str:
+    """A TCP port nobody listens on now: torchrun's rendezvous must not collide with another
+    two-process test running at the same time on this machine (the default 29500 would)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

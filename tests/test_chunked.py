@@ -10,9 +10,8 @@ from lco_cli.engines.chunked import (
     chunked_entropy_and_logprobs,
     chunked_selective_logprobs,
     chunked_token_loss,
-    dense_advantage_chunk,
-    lco_chunked_loss,
 )
+from lco_cli.losses.lco_chunked import dense_advantage_chunk, lco_chunked_loss
 from lco_cli.losses.lco import dense_advantage, lco_loss, select_beta, sparse_advantage
 
 D = torch.float64
@@ -141,7 +140,7 @@ def test_topk_fast_path_skips_full_projections(ref_too, monkeypatch):
     for knobs in ({"topk": 3}, {"topk": 5, "clip": 0.4}, {"topk": V}):
         want = dense_advantage(raw, old_logits=z_old, **knobs)
         with monkeypatch.context() as m:
-            m.setattr("lco_cli.engines.chunked._project", lambda *a: pytest.fail("full-vocabulary projection on the fast path"))
+            m.setattr("lco_cli.losses.lco_chunked.project", lambda *a: pytest.fail("full-vocabulary projection on the fast path"))
             got = dense_advantage_chunk(case.rm.hidden, case.rm, ref_h, ref, z_old, **knobs)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         assert ((got != 0).sum(-1) <= knobs["topk"]).all()

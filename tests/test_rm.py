@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import invoke, read_jsonl
-from lco_cli.commands.rm import dpo_loss
+from lco_cli.losses.dpo import dpo_loss
 from lco_cli.data.pairs import pairs_from_rows, pairs_from_samples
 from conftest import write_pairs
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import invoke, read_jsonl
+from conftest import free_port, invoke, read_jsonl
 
 STAGE_FILES = {"status.json", "config.yaml", "metrics.jsonl", "checkpoints", "final", "eval.json", ".lock"}
 
@@ -99,7 +99,7 @@ def test_two_process_accelerate_matches_single_process(fast_preset, workdir):
     shutil.copytree(workdir / "one/base", workdir / "two/base")  # the same initial weights, built once
     # torchrun (what `accelerate launch` wraps) with gloo: two real CPU processes. (`accelerate launch --cpu`
     # without --multi_cpu starts a single process on this machine, which would test nothing.)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
                           "-m", "lco_cli", "sft", *common, "--run-dir", "two"], capture_output=True, text=True, env=env)
     assert two.returncode == 0, two.stderr[-6000:]
     r1, r2 = read_jsonl(workdir / "one/sft/metrics.jsonl")[0], read_jsonl(workdir / "two/sft/metrics.jsonl")[0]

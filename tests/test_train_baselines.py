@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import FAST, invoke, read_jsonl
+from conftest import FAST, free_port, invoke, read_jsonl
 from safetensors.torch import load_file
 
 COMMON = {"step", "loss", "grad_norm", "lr", "reward_mean", "reward_std", "entropy", "sampled_prob", "kl_ref",
@@ -109,15 +109,15 @@ def test_dapo_dynamic_sampling_drops_everything_and_skips_the_update(runner, run
 
 def test_dapo_refills_dropped_groups(runner, run_dir, monkeypatch):
     # First rollout round: equal rewards in every group (all dropped); the refill round: distinct rewards.
-    from lco_cli.commands import train as train_mod
+    from lco_cli.rl import sampling as sampling_mod
 
     calls = {"n": 0}
 
-    def fake_score(batch, cfg, reward, texts, examples, task):
+    def fake_score(batch, cfg, reward):
         calls["n"] += 1
         batch.rewards = torch.zeros(batch.size) if calls["n"] % 2 == 1 else torch.arange(batch.size, dtype=torch.float)
 
-    monkeypatch.setattr(train_mod, "score", fake_score)
+    monkeypatch.setattr(sampling_mod, "score", fake_score)
     res = train(runner, "train.algo=dapo", "train.reward=verifier", "train.steps=1")
     assert res.exit_code == 0, res.output
     row = read_jsonl(run_dir / "train/metrics.jsonl")[-1]
@@ -132,11 +132,11 @@ def test_dapo_refills_dropped_groups(runner, run_dir, monkeypatch):
 def test_distillation_goes_through_the_chunked_engine(runner, run_dir, monkeypatch, algo, token_fn):
     """The full-vocabulary divergence only ever sees `loss_chunk_size` rows, inside chunked_token_loss."""
     from lco_cli.engines import generation
-    from lco_cli.losses import baselines
-    from lco_cli.rl import baseline_updates
+    from lco_cli.losses import distillation
+    from lco_cli.rl import distill
 
     chunk, seen, engine_calls, mixed = 4, [], {"n": 0}, {"n": 0}
-    real_fn, real_engine, real_mixed = getattr(baselines, token_fn), baseline_updates.chunked_token_loss, generation.mixed_sample
+    real_fn, real_engine, real_mixed = getattr(distillation, token_fn), distill.chunked_token_loss, generation.mixed_sample
 
     def spy_fn(student, teacher, *a, **k):
         seen.append(student.shape[0])
@@ -151,8 +151,8 @@ def test_distillation_goes_through_the_chunked_engine(runner, run_dir, monkeypat
         mixed["n"] += 1
         return real_mixed(*a, **k)
 
-    monkeypatch.setattr(baselines, token_fn, spy_fn)
-    monkeypatch.setattr(baseline_updates, "chunked_token_loss", spy_engine)
+    monkeypatch.setattr(distillation, token_fn, spy_fn)
+    monkeypatch.setattr(distill, "chunked_token_loss", spy_engine)
     monkeypatch.setattr(generation, "mixed_sample", spy_mixed)
     res = train(runner, f"train.algo={algo}", "train.steps=1", f"train.loss_chunk_size={chunk}",
                 *(["train.algo_args.lmbda=1.0"] if algo == "gkd" else []))
@@ -226,7 +226,8 @@ def test_two_processes(run_dir, workdir, algo, reward):
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lco_cli", "train", "fast.yaml",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+           "-m", "lco_cli", "train", "fast.yaml",
            "--run-dir", "run", "train.steps=2", "train.eval_every=0", f"train.algo={algo}", f"train.reward={reward}",
            "train.minibatches=2", "train.telemetry.split_grad_norm=true"]
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=workdir, timeout=300)

@@ -20,7 +20,7 @@ from lco_cli.evals.benchmarks import Problem, get_benchmark
 from lco_cli.engines.composite import CompositeEngine, pi_star_logits
 from lco_cli.errors import MissingArtifactError
 from lco_cli.engines.generation import HFEngine, encode_prompts
-from lco_cli.rl.reward import read_rm_meta, reference_of
+from lco_cli.rl.advantage_sources import read_rm_meta, reference_of
 from lco_cli.runtime.rundir import atomic_write_json, atomic_write_text
 from lco_cli.tasks import get_task
 from lco_cli.runtime.training import stage_run

@@ -26,9 +26,7 @@ from lco_cli.commands.common import Context, resolve, stage_options
 
 def _runner(stage: str):
     from lco_cli.commands import eval as eval_cmd
-    from lco_cli.commands import rm
-    from lco_cli.commands import sft
-    from lco_cli.commands import train
+    from lco_cli.recipes import rm, sft, train
 
     return {"sft": sft.run_sft, "rm": rm.run_rm, "train": train.run_train, "eval": eval_cmd.run_eval}[stage]
 

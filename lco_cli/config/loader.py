@@ -18,10 +18,6 @@ from lco_cli.errors import ConfigError
 def _cross_checks(p: Preset, errors: list[str]) -> None:
     """Constraints that involve more than one field."""
     t = p.train
-    if t.algo in ("grpo", "dapo", "gspo") and t.samples_per_prompt < 2:
-        errors.append(f"train.samples_per_prompt: {t.algo} needs >= 2 samples per prompt for group advantages")
-    if t.advantage_norm == "group" and t.samples_per_prompt < 2 and (t.advantage == "sparse" or t.algo != "lco"):
-        errors.append("train.advantage_norm: 'group' needs train.samples_per_prompt >= 2")
     if p.task.slip_rate > 0 and p.task.op != "add":
         errors.append("task.slip_rate: the carry slip is defined for task.op 'add' only")
     if p.rm.pairs.source in ("file", "hub") and not p.rm.pairs.path:
@@ -38,31 +34,9 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
     for name in p.eval.data:
         if name not in BENCHMARK_NAMES:
             errors.append(f"eval.data.{name}: unknown benchmark (known: {', '.join(BENCHMARK_NAMES)})")
-    if t.algo != "lco":
-        errors.extend(_algo_args_errors(t.algo, t.algo_args))
-        gs = t.algo_args.get("group_size")
-        if gs is not None and gs != t.samples_per_prompt:
-            errors.append(f"train.algo_args.group_size: {gs} conflicts with train.samples_per_prompt "
-                          f"({t.samples_per_prompt}); leave it out, it follows samples_per_prompt")
-    elif t.algo_args:
-        errors.append("train.algo_args: only for the baseline algorithms (train.algo is 'lco')")
+    from lco_cli.rl.registry import get_algo  # the algorithms validate their own settings
 
-
-def _algo_args_errors(algo: str, args: dict) -> list[str]:
-    """Validate train.algo_args against the chosen baseline's own Config dataclass."""
-    try:
-        from lco_cli.losses.baselines import ALGOS as BASELINES
-    except ImportError:  # baselines not importable (should not happen in a full install)
-        return []
-    cfg_cls = getattr(BASELINES.get(algo), "Config", None)
-    if cfg_cls is None:
-        return []
-    errs: list[str] = []
-    try:  # types and unknown keys here; the algorithm's own value checks run in its __post_init__
-        build(cfg_cls, args, "train.algo_args", errs)
-    except ConfigError as exc:
-        errs.extend(f"train.algo_args: {d}" for d in (exc.details or [exc.message]))
-    return errs
+    errors.extend(get_algo(t.algo).check(t))
 
 
 def from_dict(data: dict) -> Preset:

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 STAGES = ("sft", "rm", "train", "eval")
-ALGOS = ("lco", "reinforce", "ppo", "grpo", "dapo", "gspo", "gkd", "minillm")
+
+
+def algo_names() -> tuple[str, ...]:
+    """The registered `train.algo`s (imports the algorithms only when a preset is checked)."""
+    from lco_cli.rl.registry import algorithms
+
+    return tuple(algorithms())
 BENCHMARK_NAMES = ("arith", "math500", "amc23", "minerva")
 DEFAULT_PRESET = "tiny"
 
@@ -163,7 +169,7 @@ class TrainConfig:
     """Policy optimisation: LCO objectives and the baselines, on the same rollouts."""
 
     init_from: str = F("sft", doc="Initial policy: stage name, path or hub id.")
-    algo: str = F("lco", doc="Algorithm.", choices=ALGOS)
+    algo: str = F("lco", doc="Algorithm (the registry in lco_cli.rl; see docs/architecture.md to add one).", choices=algo_names)
     objective: str = F("kld", doc="LCO objective (eqs. 8-10).", choices=("kld", "mse", "lch"))
     advantage: str = F("dpo", doc="Advantage estimator for LCO (eqs. 11-13).", choices=("dpo", "logprob", "sparse"))
     advantage_model: Optional[str] = F(None, doc="φ for advantage=logprob (default: the rm stage's model).")

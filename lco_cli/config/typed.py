@@ -77,14 +77,20 @@ def coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
     return None
 
 
+def choices_of(meta) -> tuple:
+    """A field's allowed values: a tuple, or a callable returning one (a registry, read when needed)."""
+    choices = meta["choices"]
+    return tuple(choices()) if callable(choices) else tuple(choices)
+
+
 def check_constraints(f: dataclasses.Field, value: Any, key: str, errors: list[str]) -> None:
     meta = f.metadata
     if value is None:
         return
     values = value if isinstance(value, list) else [value]
     for v in values:
-        if "choices" in meta and v not in meta["choices"]:
-            errors.append(f"{key}: {v!r} is not one of {', '.join(map(str, meta['choices']))}")
+        if "choices" in meta and v not in choices_of(meta):
+            errors.append(f"{key}: {v!r} is not one of {', '.join(map(str, choices_of(meta)))}")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         if "gt" in meta and not v > meta["gt"]:
@@ -140,7 +146,7 @@ def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         doc = f.metadata.get("doc", "")
         checks = [f"{k} {f.metadata[k]}" for k in ("gt", "ge", "lt", "le") if k in f.metadata]
         if "choices" in f.metadata:
-            checks.append("one of " + ", ".join(map(str, f.metadata["choices"])))
+            checks.append("one of " + ", ".join(map(str, choices_of(f.metadata))))
         if checks:
             doc += " (" + "; ".join(checks).replace("gt ", "> ").replace("ge ", ">= ").replace("lt ", "< ").replace("le ", "<= ") + ")"
         rows.append((key, type_name(tp), json.dumps(default), doc))

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lco_cli.losses.lco import dense_advantage_, get_objective, select_beta, sparse_advantage
 
 TokenLoss = Callable[..., Tensor | tuple[Tensor, Tensor | None]]
 Targets = Callable[[slice], dict[str, Tensor]]
@@ -36,8 +35,6 @@ Beta = float | Tensor
 
 #: Token-chunk size we recommend for ``train.loss_chunk_size`` (see docs/bench_lco_memory.md).
 DEFAULT_CHUNK_SIZE = 512
-
-ADVANTAGES = ("dpo", "logprob", "sparse")
 
 
 # --------------------------------------------------------------------------- heads
@@ -48,7 +45,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _project(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def project(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``hidden @ weightᵀ + bias`` in the weight's dtype, upcast to ≥ float32."""
     z = F.linear(hidden.to(weight.dtype), weight, bias)
     return z.to(compute_dtype(z.dtype))
@@ -86,10 +83,10 @@ class VocabHead:
 
     def logits(self, sl: slice) -> Tensor:
         """Logits ``[c, V]`` of the tokens in ``sl``, in float32 (float64 for float64 inputs)."""
-        return _project(self.hidden[sl], self.weight, self.bias)
+        return project(self.hidden[sl], self.weight, self.bias)
 
 
-def _chunks(n: int, chunk_size: int) -> Iterator[slice]:
+def token_chunks(n: int, chunk_size: int) -> Iterator[slice]:
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     for start in range(0, n, chunk_size):
@@ -189,11 +186,11 @@ class _ChunkLoop:
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_b = torch.zeros_like(bias) if need_b else None
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            for sl in _chunks(hidden.shape[0], self.chunk_size):
+            for sl in token_chunks(hidden.shape[0], self.chunk_size):
                 tgt = self.targets_for(sl)  # before z: its temporaries are gone when z exists
                 sampled_ids = tgt.get("sampled_ids")
                 h = hidden[sl].to(weight.dtype)
-                z = _project(h, weight, bias)
+                z = project(h, weight, bias)
                 w = weights[sl].to(cdtype)
                 loss_t, grad = self.chunk_loss(z, tgt, need_grad)
                 del tgt
@@ -283,183 +280,6 @@ def chunked_token_loss(
     return loss, loop.stats.result() if loop.stats is not None else {}
 
 
-# --------------------------------------------------------------------------- LCO on top
-
-
-def _log_softmax_(z: Tensor) -> Tensor:
-    """In-place log-softmax of freshly projected logits (saves a [c, V] copy)."""
-    return z.sub_(torch.logsumexp(z, dim=-1, keepdim=True))
-
-
-def _support_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor) -> Tensor:
-    """Logits of the token ids ``[c, k]`` only: ``h · W[ids]ᵀ (+ b[ids])`` — O(c·k·H), not O(c·V·H)."""
-    z = torch.bmm(weight[ids], hidden.to(weight.dtype).unsqueeze(-1)).squeeze(-1)
-    if bias is not None:
-        z = z + bias[ids]
-    return z.to(compute_dtype(z.dtype))
-
-
-def dense_advantage_chunk(
-    rm_hidden: Tensor,
-    rm: VocabHead,
-    ref_hidden: Tensor | None,
-    ref: VocabHead | None,
-    z_old: Tensor | None,
-    *,
-    center: bool = True,
-    clip: float | None = None,
-    topk: int | None = None,
-) -> Tensor:
-    """The shaped dense advantage ``[c, V]`` of one chunk (eq. 13, or eq. 12 when ``ref`` is None).
-
-    ``log φ(·|s) − log φ_ref(·|s)`` then :func:`~lco_cli.losses.lco.dense_advantage_` shaping.
-    With a top-k support *and* centring (the authors' practice) only the k support logits of φ and
-    φ_ref are needed: centring over the support cancels both log-softmax normalisers, so
-    ``A = (z_φ − z_ref)[support] − mean_support(z_φ − z_ref)``. That skips the two full-vocabulary
-    projections (5 → 3 [c, V]-sized matmuls per chunk, like a sampled-token loss) with the same result.
-    ``z_old`` (the behaviour logits) is needed only for a top-k support; the result has its dtype.
-    """
-    if topk is not None and z_old is None:
-        raise ValueError("a top-k support needs the behaviour logits z_old")
-    if topk is not None and center:
-        ids = z_old.topk(min(int(topk), z_old.shape[-1]), dim=-1).indices
-        adv_k = _support_logits(rm_hidden, rm.weight, rm.bias, ids)
-        if ref is not None:
-            adv_k -= _support_logits(ref_hidden, ref.weight, ref.bias, ids)
-        adv_k -= adv_k.mean(-1, keepdim=True)
-        if clip is not None:
-            adv_k.clamp_(-float(clip), float(clip))
-        return torch.zeros_like(z_old).scatter_(-1, ids, adv_k.to(z_old.dtype))
-    adv = _log_softmax_(_project(rm_hidden, rm.weight, rm.bias))
-    if ref is not None:
-        adv -= _log_softmax_(_project(ref_hidden, ref.weight, ref.bias))
-    if z_old is not None:
-        adv = adv.to(z_old.dtype)
-    return dense_advantage_(adv, center=center, clip=clip, topk=topk, old_logits=z_old)
-
-
-def _optimal_logits_(adv: Tensor, z_old: Tensor, beta: Beta) -> Tensor:
-    """``z* = z_old + A/β`` (eq. 7), written into ``adv``'s storage."""
-    if isinstance(beta, Tensor):
-        beta = beta.to(adv.dtype).unsqueeze(-1) if beta.dim() else beta.to(adv.dtype)
-    return adv.div_(beta).add_(z_old)
-
-
-def _validate_lco_inputs(policy, *, advantage, old, rm, ref, sampled_ids, seq_adv, beta) -> None:
-    n, vocab = policy.num_tokens, policy.vocab_size
-    if advantage not in ADVANTAGES:
-        raise ValueError(f"unknown advantage {advantage!r}; expected one of {ADVANTAGES}")
-    needed = {"dpo": ("rm", "ref"), "logprob": ("rm",), "sparse": ("sampled_ids", "seq_adv")}[advantage]
-    given = {"rm": rm, "ref": ref, "sampled_ids": sampled_ids, "seq_adv": seq_adv}
-    missing = [name for name in needed if given[name] is None]
-    if missing:
-        raise ValueError(f"advantage={advantage!r} needs {', '.join(missing)}")
-    for name, head in (("old", old), ("rm", rm), ("ref", ref)):
-        if head is None:
-            continue
-        if head.vocab_size != vocab:
-            raise ValueError(f"{name} head has vocabulary {head.vocab_size}, policy has {vocab}: they must share a tokenizer")
-        if head.num_tokens != n:
-            raise ValueError(f"{name} head scores {head.num_tokens} tokens, policy {n}")
-    for name, t in (("sampled_ids", sampled_ids), ("seq_adv", seq_adv)):
-        if t is not None and t.shape != (n,):
-            raise ValueError(f"{name} must be [N={n}], got {tuple(t.shape)}")
-    if isinstance(beta, Tensor):
-        if beta.dim() and beta.shape != (n,):
-            raise ValueError(f"beta must be a float or [N={n}], got {tuple(beta.shape)}")
-        if bool((beta <= 0).any()):
-            raise ValueError("beta must be > 0")
-    elif beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
-
-
-def lco_chunked_loss(
-    policy: VocabHead,
-    *,
-    kind: str,
-    beta: Beta,
-    weights: Tensor,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    beta_neg: float | None = None,
-    old: VocabHead | None = None,
-    advantage: str = "dpo",
-    rm: VocabHead | None = None,
-    ref: VocabHead | None = None,
-    sampled_ids: Tensor | None = None,
-    seq_adv: Tensor | None = None,
-    center: bool = True,
-    clip: float | None = None,
-    topk: int | None = None,
-    stats: bool = False,
-) -> tuple[Tensor, dict[str, float]]:
-    """LCO loss (eqs. 8–10) against ``z* = z_old + A/β`` (eq. 7), chunked over tokens.
-
-    Per chunk:
-
-    * ``z_old = old.logits(sl)``, or the policy's own logits detached when ``old`` is None
-      (one update per rollout: π_old = π_θ at the time of the update);
-    * ``A`` (§4.2): ``dpo`` (eq. 13) ``log_softmax(rm) − log_softmax(ref)``; ``logprob``
-      (eq. 12) ``log_softmax(rm)`` (rm = φ); ``sparse`` (eq. 11) the sampled token gets
-      ``seq_adv``, all others 0;
-    * then :func:`~lco_cli.losses.lco.dense_advantage` shaping: ``center`` / ``clip`` /
-      ``topk`` (support = top-k of ``z_old``). For ``sparse``, ``topk`` is ignored: the
-      support is already the sampled token, and a top-k cut could drop it;
-    * ``loss_t = OBJECTIVES[kind].token_loss(z_θ, z*)`` — evaluated through its closed-form
-      ``loss_and_grad`` (eqs. 44, 47), no autograd inside the chunk; result ``Σ_t weights_t · loss_t``.
-
-    ``beta`` is a float or ``[N]`` (per-token β). ``beta_neg`` (needs ``sampled_ids``) replaces β
-    on tokens whose *shaped* sampled-token advantage ``A(s_t, a_t)`` is negative — decided inside
-    the chunk loop, since for dense advantages that value only exists there
-    (:func:`~lco_cli.losses.lco.select_beta`). ``sampled_ids`` is required for ``sparse`` and
-    ``beta_neg`` and, when given, also feeds the telemetry.
-    Returns ``(loss, stats)`` as :func:`chunked_token_loss`.
-    """
-    _validate_lco_inputs(
-        policy, advantage=advantage, old=old, rm=rm, ref=ref, sampled_ids=sampled_ids, seq_adv=seq_adv, beta=beta
-    )
-    if beta_neg is not None and (beta_neg <= 0 or sampled_ids is None):
-        raise ValueError("beta_neg must be > 0 and needs sampled_ids")
-    objective = get_objective(kind)
-    vocab = policy.vocab_size
-    per_token_beta = isinstance(beta, Tensor) and beta.dim() > 0
-
-    def targets(sl: slice) -> dict[str, Tensor]:
-        tgt: dict[str, Tensor] = {}
-        if old is not None:
-            tgt["z_old"] = old.logits(sl)
-        if advantage == "sparse":
-            tgt["seq_adv"] = seq_adv[sl]
-        else:
-            # Hidden rows only: the advantage needs z_old (top-k support), known after projection.
-            tgt["rm_hidden"] = rm.hidden[sl]
-            if advantage == "dpo":
-                tgt["ref_hidden"] = ref.hidden[sl]
-        if sampled_ids is not None:
-            tgt["sampled_ids"] = sampled_ids[sl]
-        if per_token_beta:
-            tgt["beta"] = beta[sl]
-        return tgt
-
-    def token_loss(z, z_old=None, rm_hidden=None, ref_hidden=None, seq_adv=None, sampled_ids=None, beta=beta):
-        with torch.no_grad():
-            # The policy's own detached logits double as z_old: no second projection needed.
-            z_old = z.detach() if z_old is None else z_old.to(z.dtype)
-            if advantage == "sparse":
-                adv = sparse_advantage(sampled_ids, seq_adv.to(z.dtype), vocab)
-                adv = dense_advantage_(adv, center=center, clip=clip)
-            else:
-                adv = dense_advantage_chunk(rm_hidden, rm, ref_hidden, ref if advantage == "dpo" else None, z_old,
-                                            center=center, clip=clip, topk=topk)
-            if beta_neg is not None:
-                sampled_adv = adv.gather(-1, sampled_ids.long().unsqueeze(-1)).squeeze(-1)
-                beta = select_beta(beta, beta_neg, sampled_adv)
-            z_star = _optimal_logits_(adv, z_old, beta)  # reuses adv's storage
-        # Closed-form loss and logit gradient (eqs. 8–10, 44, 47): fewer [c, V] temporaries.
-        return objective.loss_and_grad(z, z_star, need_grad=z.requires_grad)
-
-    return chunked_token_loss(policy, token_loss, weights, chunk_size, targets=targets, stats=stats)
-
-
 # --------------------------------------------------------------------------- log-probs
 
 
@@ -468,7 +288,7 @@ def chunked_entropy_and_logprobs(head: VocabHead, sampled_ids: Tensor, chunk_siz
     """Per-token policy entropy ``[N]`` and ``log π(a_t)`` ``[N]``, without grad, O(chunk × V)."""
     entropy = torch.empty(head.num_tokens, dtype=compute_dtype(head.weight.dtype), device=head.hidden.device)
     logprob = torch.empty_like(entropy)
-    for sl in _chunks(head.num_tokens, chunk_size):
+    for sl in token_chunks(head.num_tokens, chunk_size):
         z = head.logits(sl)
         lse = torch.logsumexp(z, dim=-1)
         entropy[sl] = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
@@ -489,8 +309,8 @@ class _SelectiveLogprobs(torch.autograd.Function):
         out = torch.empty(hidden.shape[0], dtype=compute_dtype(weight.dtype), device=hidden.device)
         lse = torch.empty_like(out)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            for sl in _chunks(hidden.shape[0], chunk_size):
-                z = _project(hidden[sl], weight, bias)
+            for sl in token_chunks(hidden.shape[0], chunk_size):
+                z = project(hidden[sl], weight, bias)
                 lse[sl] = torch.logsumexp(z, dim=-1)
                 out[sl] = z.gather(-1, ids[sl].unsqueeze(-1)).squeeze(-1) - lse[sl]
         ctx.save_for_backward(hidden, weight, bias, ids, lse)
@@ -505,10 +325,10 @@ class _SelectiveLogprobs(torch.autograd.Function):
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_b = torch.zeros_like(bias) if need_b else None
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            for sl in _chunks(hidden.shape[0], ctx.chunk_size):
+            for sl in token_chunks(hidden.shape[0], ctx.chunk_size):
                 h = hidden[sl].to(weight.dtype)
                 go = grad_out[sl].to(lse.dtype).unsqueeze(-1)
-                g = _project(h, weight, bias).sub_(lse[sl].unsqueeze(-1)).exp_()  # softmax
+                g = project(h, weight, bias).sub_(lse[sl].unsqueeze(-1)).exp_()  # softmax
                 g.mul_(-go).scatter_add_(-1, ids[sl].unsqueeze(-1), go)  # go·(onehot − softmax)
                 g = g.to(weight.dtype)
                 if need_h:
@@ -533,12 +353,12 @@ def chunked_selective_logprobs(head: VocabHead, ids: Tensor, chunk_size: int) ->
 
 
 __all__ = [
-    "ADVANTAGES",
     "DEFAULT_CHUNK_SIZE",
     "VocabHead",
     "chunked_entropy_and_logprobs",
     "chunked_selective_logprobs",
     "chunked_token_loss",
     "compute_dtype",
-    "lco_chunked_loss",
+    "project",
+    "token_chunks",
 ]

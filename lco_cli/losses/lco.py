@@ -197,10 +197,15 @@ def _beta_last(beta: Beta, ref: Tensor) -> Beta:
     return float(beta)
 
 
-def optimal_logits(old_logits: Tensor, advantages: Tensor, beta: Beta) -> Tensor:
-    """Optimal logits ``z* = z_old + A/β`` (eq. 7), detached. ``β`` float or per-token ``[...]``."""
+def optimal_logits(old_logits: Tensor, advantages: Tensor, beta: Beta, *, inplace: bool = False) -> Tensor:
+    """Optimal logits ``z* = z_old + A/β`` (eq. 7), detached. ``β`` float or per-token ``[...]``.
+
+    ``inplace`` writes z* into ``advantages``' storage (the chunked loss saves a ``[c, V]`` copy)."""
     with torch.no_grad():
-        return old_logits + advantages / _beta_last(beta, old_logits)
+        beta = _beta_last(beta, old_logits)
+        if inplace:
+            return advantages.div_(beta).add_(old_logits)
+        return old_logits + advantages / beta
 
 
 def select_beta(beta: Beta, beta_neg: float | None, sampled_adv: Tensor) -> Beta:

@@ -5,7 +5,7 @@ hidden states `[N, H]` can go straight into the chunked full-vocabulary engine.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -21,7 +21,6 @@ class RolloutBatch:
     correct: torch.Tensor          # [B] verifier verdict (float 0/1; 0 when no verifier)
     truncated: torch.Tensor        # [B] bool: no EOS within max_new_tokens
     rewards: torch.Tensor = None   # [B] sequence reward from train.reward
-    extras: dict = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -46,14 +45,13 @@ class RolloutBatch:
         rows = torch.as_tensor(rows, dtype=torch.long)
         width = int(self.attention_mask[rows].sum(-1).max())
         pick = lambda t: t[rows] if t is not None else None  # noqa: E731
-        # extras (token- and batch-level precomputations) stay with the parent batch on purpose.
         return RolloutBatch(self.input_ids[rows, :width], self.attention_mask[rows, :width], self.targets[rows, : width - 1],
                             pick(self.group), pick(self.correct), pick(self.truncated), pick(self.rewards))
 
     def to(self, device) -> "RolloutBatch":
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return RolloutBatch(*(move(getattr(self, f)) for f in ("input_ids", "attention_mask", "targets", "group", "correct",
-                                                               "truncated", "rewards")), {k: move(v) for k, v in self.extras.items()})
+                                                               "truncated", "rewards")))
 
 
 def from_rollouts(roll: Rollouts, pad_id: int, correct: list[bool] | None = None) -> RolloutBatch:
@@ -65,7 +63,3 @@ def from_rollouts(roll: Rollouts, pad_id: int, correct: list[bool] | None = None
         correct=torch.tensor([float(c) for c in correct] if correct is not None else [0.0] * n),
         truncated=torch.tensor(roll.truncated, dtype=torch.bool),
     )
-
-
-def micro_batches(size: int, micro: int) -> list[list[int]]:
-    return [list(range(i, min(i + micro, size))) for i in range(0, size, micro)]

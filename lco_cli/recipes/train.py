@@ -1,0 +1,271 @@
+"""The train stage: policy optimisation on fresh rollouts — LCO and the baselines in one loop.
+
+Per step: sample `batch_size` prompts × `samples_per_prompt` responses from the current policy,
+score them (verifier and/or the DPO RM), let the algorithm's `Update` freeze its inputs in `prepare`
+(a typed `Prepared`), then take `update_epochs` × `minibatches` optimizer steps on that batch.
+Telemetry: the `train/metrics.jsonl` contract in docs/architecture.md.
+
+Only the objective differs between algorithms; the hooks of `rl.update.Update` cover what else a
+baseline needs (`collect` through `rl.sampling.Sampler`, `aux_step` for PPO's value optimizer).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from lco_cli.engines.generation import make_engine
+from lco_cli.errors import StageFailedError
+from lco_cli.rl.advantage_sources import load_advantage_sources
+from lco_cli.rl.registry import get_algo
+from lco_cli.rl.rollout import RolloutBatch
+from lco_cli.rl.sampling import Sampler
+from lco_cli.rl.update import HiddenStatesLM, MicroBatch, Normaliser, TrainEnv
+from lco_cli.runtime import models
+from lco_cli.runtime.rundir import atomic_write_json
+from lco_cli.runtime.training import (
+    Progress,
+    batch_indices,
+    grad_norm_of,
+    load_checkpoint,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    maybe_interrupt,
+    save_checkpoint,
+    shard,
+    stage_run,
+)
+from lco_cli.tasks import get_task, greedy_accuracy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lco_cli.commands.common import Context
+
+
+def run_train(ctx: Context) -> dict:
+    p, cfg = ctx.preset, ctx.preset.train
+    acc = make_accelerator(cfg.mixed_precision, p.seed)
+    with stage_run(ctx.run, ctx.preset_name, p, "train", acc) as sd:
+        init = models.resolve_model_ref(cfg.init_from, ctx.run, p)
+        tok = models.load_tokenizer(init, p.model)
+        task = get_task(p.task, p.seed)
+        reward, adv_source = load_advantage_sources(p, ctx.run, cfg, tok, acc.device)
+        policy = HiddenStatesLM(models.load_model(init, p.model, trainable=True))
+        reference = HiddenStatesLM(models.load_model(init, p.model, trainable=False)).to(acc.device)
+        opt_steps = cfg.steps * cfg.update_epochs * cfg.minibatches
+        opt = make_optimizer(policy, cfg.lr, cfg.weight_decay)
+        sched = make_scheduler(opt, opt_steps, cfg.warmup_steps, kind="constant")
+        policy, opt, sched = acc.prepare(policy, opt, sched)
+        env = TrainEnv(cfg, policy, reference, adv_source, acc, cfg.loss_chunk_size, init_from=init, model_cfg=p.model)
+        update = get_algo(cfg.algo)(cfg, env)
+        state = load_checkpoint(sd, acc) or {"step": 0}
+        start, skipped_total = state["step"], state.get("skipped_steps", 0)
+        if acc.is_main_process:
+            sd.metrics.truncate_after(start)
+        engine = make_engine(cfg.rollout.engine, acc.unwrap_model(policy).lm, tok, cfg.rollout.batch_size)
+        sampler = Sampler(cfg, engine, policy, tok, task, reward, acc, p.seed)
+        samples_total = state.get("rollout_samples", 0)
+        trainable = [q for q in policy.parameters() if q.requires_grad]
+        progress = Progress("train", cfg.steps, start, enabled=acc.is_main_process, every=max(1, cfg.log_every))
+        consecutive_skips = 0
+        result: dict = {}
+        if start == 0 and cfg.eval_every and task is not None:
+            result = _heldout(acc, policy, tok, task, cfg)
+            if acc.is_main_process:
+                sd.metrics.append({"step": 0, "time": 0.0, **result})
+        for step in range(start + 1, cfg.steps + 1):
+            t0 = time.time()
+            idx = batch_indices(step - 1, cfg.batch_size, len(task.train), p.seed)
+            examples = [task.train[i] for i in shard(idx, acc.process_index, acc.num_processes)]
+            # Seed per (step, rank): a resumed run samples exactly what the uninterrupted one did.
+            torch.manual_seed(p.seed * 1_000_003 + step * 131 + acc.process_index)
+            sampler.samples = 0
+            batch, collect_stats = update.collect(sampler, step, examples)
+            t_gen = time.time() - t0
+            n_samples = float(acc.reduce(torch.tensor(float(sampler.samples), device=acc.device), "sum"))
+            samples_total += int(n_samples)
+            if batch is None:  # nothing to learn from this step (DAPO: every group had equal rewards)
+                stats, row, skipped = {}, {"loss": float("nan"), "grad_norm": float("nan"), "update_skipped": 1}, False
+                batch = collect_stats.pop("log_batch")
+            else:
+                batch = _shuffle_for_minibatches(batch, cfg, step)
+                prep, stats = update.prepare(batch)
+                row, skipped = _optimize(update, batch, prep, cfg, acc, opt, sched, trainable, step)
+            collect_stats.pop("log_batch", None)
+            row.update(collect_stats)
+            row.update({"rollout_samples": n_samples, "rollout_samples_total": samples_total})
+            consecutive_skips = consecutive_skips + 1 if skipped else 0
+            skipped_total += int(skipped)
+            if consecutive_skips >= cfg.max_skipped:
+                raise StageFailedError(f"train: {consecutive_skips} consecutive non-finite steps (loss or gradient); "
+                                       f"stopped at step {step}, last checkpoint kept in {sd.checkpoints_dir}")
+            tokens = float(acc.reduce(batch.response_len.sum().float(), "sum"))
+            row.update(stats)
+            row.update(_batch_stats(batch, acc))
+            row.update({"step": step, "time": time.time() - t0, "rollout_time": t_gen, "lr": sched.get_last_lr()[0],
+                        "tokens_per_s": tokens / max(time.time() - t0, 1e-9), "skipped_steps": skipped_total})
+            if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.steps:
+                result = _heldout(acc, policy, tok, task, cfg)
+                row.update(result)
+            if acc.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps or "heldout_acc" in row):
+                sd.metrics.append(row)
+            progress.update(step, {k: row[k] for k in ("loss", "reward_mean", "heldout_acc") if k in row})
+            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                save_checkpoint(sd, acc, step, cfg.keep_checkpoints, {"skipped_steps": skipped_total, "rollout_samples": samples_total})
+            maybe_interrupt(step)
+        progress.close()
+        sd.final_step = cfg.steps
+        if acc.is_main_process:
+            atomic_write_json(sd.path / "eval.json", result)
+            models.save_final(acc.unwrap_model(policy).lm, tok, sd.final,
+                              {"lco_stage.json": {"stage": "train", "init_from": init, "algo": cfg.algo, "steps": cfg.steps}})
+        acc.wait_for_everyone()
+        return result
+
+
+def _optimize(update, batch, prep, cfg, acc, opt, sched, trainable, step) -> tuple[dict, bool]:
+    """update_epochs × minibatches optimizer steps on one rollout batch; returns metrics, skipped?
+
+    The row holds the means over those steps, plus `loss_first`/`loss_last` and `grad_norm_first`/
+    `grad_norm_last`: with a frozen z_old the LCO losses descend toward a fixed target within one
+    rollout batch (Props. 4.7–4.9), and these show it."""
+    telemetry = cfg.telemetry.split_grad_norm and step % cfg.telemetry.every == 0
+    sums: dict[str, float] = {}
+    trace: list[tuple[float, float]] = []
+    skipped = False
+    for _ in range(cfg.update_epochs):
+        for mb_rows in _minibatch_rows(batch, cfg.minibatches):
+            norm = Normaliser(global_tokens=float(acc.reduce(batch.response_len[mb_rows].sum().float(), "sum")),
+                              global_seqs=float(acc.reduce(torch.tensor(float(len(mb_rows)), device=acc.device), "sum")),
+                              world=acc.num_processes)
+            if telemetry:
+                out = _split_backward(update, batch, prep, mb_rows, norm, cfg, acc, trainable)
+            else:
+                out = _backward(update, batch, prep, mb_rows, norm, cfg, acc, "all", stats=True)
+            loss = out.pop("loss")
+            grad_norm = grad_norm_of(trainable) if not telemetry else out["grad_norm"]
+            out["grad_norm"] = grad_norm
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                opt.zero_grad(set_to_none=True)
+                update.aux_zero_grad()
+                skipped = True
+                continue
+            if cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            out.update(update.aux_step())
+            trace.append((loss, grad_norm))
+            for k, v in {"loss": loss, **out}.items():
+                sums[k] = sums.get(k, 0.0) + v
+    n = max(cfg.update_epochs * cfg.minibatches, 1)
+    row = {k: v / n for k, v in sums.items()} if sums else {"loss": float("nan"), "grad_norm": float("nan")}
+    if len(trace) > 1:
+        row.update({"loss_first": trace[0][0], "loss_last": trace[-1][0],
+                    "grad_norm_first": trace[0][1], "grad_norm_last": trace[-1][1]})
+    return row, skipped
+
+
+def _shuffle_for_minibatches(batch: RolloutBatch, cfg, step: int) -> RolloutBatch:
+    """With several minibatches, put the rows in a random order (seeded by the step) once, before
+    `prepare`: minibatch i is then the contiguous range i of the shuffled batch, i.e. the same
+    random partition in every epoch, and its micro-batches are contiguous token ranges (full-size
+    micro-batches rather than the short runs a scattered row subset would split into). Groups of a
+    prompt's samples are no longer adjacent afterwards; `batch.group` says which rows belong together."""
+    if cfg.minibatches <= 1:
+        return batch
+    perm = torch.randperm(batch.size, generator=torch.Generator().manual_seed(step))
+    return batch.subset(perm.to(batch.input_ids.device))
+
+
+def _minibatch_rows(batch, minibatches: int) -> list[list[int]]:
+    """Minibatches of whole sequences: contiguous row ranges of the (already shuffled) batch."""
+    if minibatches <= 1:
+        return [list(range(batch.size))]
+    size = math.ceil(batch.size / minibatches)
+    return [list(range(i, min(i + size, batch.size))) for i in range(0, batch.size, size)]
+
+
+def _backward(update, batch, prep, rows, norm: Normaliser, cfg, acc, part: str, stats: bool = False) -> dict:
+    """Forward/backward over contiguous micro-batches of `rows`; no DDP sync until the last."""
+    micro = cfg.micro_batch_size
+    groups = _contiguous(rows, micro)
+    total, agg, weight, extreme = 0.0, {}, {}, {}
+    for i, mrows in enumerate(groups):
+        last = i == len(groups) - 1
+        with (contextlib.nullcontext() if last else acc.no_sync(update.env.policy)):
+            view = MicroBatch.of(batch, mrows)
+            loss, st = update.micro_loss(batch, view, prep.take(view), norm, part=part, stats=stats)
+            acc.backward(loss)
+        total += float(loss.detach())
+        n_tok = float(batch.response_len[mrows].sum())
+        for k, v in st.items():
+            if not update.diagnostic(k):
+                continue
+            if k.endswith(("_min", "_max")):  # extremes stay extremes across micro-batches
+                pick = min if k.endswith("_min") else max
+                extreme[k] = pick(extreme[k], v) if k in extreme else v
+            else:
+                agg[k] = agg.get(k, 0.0) + v * n_tok
+                weight[k] = weight.get(k, 0.0) + n_tok
+    loss_value = float(acc.reduce(torch.tensor(total, device=acc.device), "sum")) / acc.num_processes
+    out = {k: v / max(weight[k], 1.0) for k, v in agg.items()}
+    return {"loss": loss_value, **out, **extreme}
+
+
+def _contiguous(rows: list[int], micro: int) -> list[list[int]]:
+    """Split sorted rows into runs that are contiguous and at most `micro` long."""
+    runs, cur = [], []
+    for r in rows:
+        if cur and (r != cur[-1] + 1 or len(cur) == micro):
+            runs.append(cur)
+            cur = []
+        cur.append(r)
+    return runs + ([cur] if cur else [])
+
+
+def _split_backward(update, batch, prep, rows, norm: Normaliser, cfg, acc, trainable) -> dict:
+    """Paper Figs. 4–6: gradient norm from positive- vs negative-advantage tokens (second backward)."""
+    pos = _backward(update, batch, prep, rows, norm, cfg, acc, "pos", stats=True)
+    g_pos = [q.grad.detach().clone() if q.grad is not None else None for q in trainable]
+    norm_pos = grad_norm_of(trainable)
+    neg = _backward(update, batch, prep, rows, norm, cfg, acc, "neg", stats=True)
+    norm_all = grad_norm_of(trainable)
+    diffs = [(q.grad - g).float().norm() for q, g in zip(trainable, g_pos) if q.grad is not None and g is not None]
+    norm_neg = float(torch.linalg.vector_norm(torch.stack(diffs))) if diffs else 0.0
+    out = {"loss": pos["loss"] + neg["loss"], "grad_norm": norm_all, "grad_norm_pos": norm_pos, "grad_norm_neg": norm_neg}
+    for name, part in (("pos", pos), ("neg", neg)):
+        for k in ("logit_grad_sampled", "logit_grad_other"):
+            if k in part:
+                out[f"{k}_{name}"] = part[k]
+    for k, v in pos.items():  # other diagnostics are whole-batch values in every part (see Update.micro_loss)
+        if k not in out and k != "loss" and not k.startswith("logit_grad"):
+            out[k] = v
+    if "logit_grad_sampled" in pos and "logit_grad_sampled" in neg:
+        fpos = float((prep.adv_sampled >= 0).float().mean())
+        for k in ("logit_grad_sampled", "logit_grad_other"):
+            out[k] = fpos * pos[k] + (1 - fpos) * neg[k]
+    return out
+
+
+def _batch_stats(batch: RolloutBatch, acc) -> dict:
+    def mean(x):
+        return float(acc.reduce(x.float().sum(), "sum") / acc.reduce(torch.tensor(float(x.numel()), device=x.device), "sum"))
+
+    r = acc.gather(batch.rewards.float()) if acc.num_processes > 1 else batch.rewards.float()
+    return {"reward_mean": float(r.mean()), "reward_std": float(r.std()) if r.numel() > 1 else 0.0,
+            "accuracy": mean(batch.correct), "response_len": mean(batch.response_len), "truncated_frac": mean(batch.truncated)}
+
+
+def _heldout(acc, policy, tok, task, cfg) -> dict:
+    out = {}
+    if acc.is_main_process and cfg.eval_problems:
+        out = greedy_accuracy(acc.unwrap_model(policy).lm, tok, task, cfg.eval_problems,
+                              max_new_tokens=cfg.rollout.max_new_tokens)
+        out = {"heldout_acc": out["heldout_acc"]}
+    acc.wait_for_everyone()
+    return out
