@@ -1,5 +1,5 @@
 """The `lco` command group. One module per subcommand under `lco_cli/commands/`, registered in
-COMMANDS; user errors become one message and an exit code (DESIGN §2), never a traceback."""
+COMMANDS; user errors become one message and an exit code (docs/architecture.md), never a traceback."""
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,4 @@
-"""The preset schema: one typed dataclass per section, a one-line doc and checks per field (DESIGN §4).
+"""The preset schema: one typed dataclass per section, a one-line doc and checks per field (README, docs/presets.md).
 
 A preset is one YAML file with the sections `model`, `task`, `sft`, `rm`, `train`, `eval` plus
 `name`, `description` and `seed`. Every field is declared here with its type, a one-line doc
