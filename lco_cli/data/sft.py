@@ -80,6 +80,19 @@ def sft_pairs(cfg: "DataConfig", tokenizer, task) -> list[TextPair]:
     return pairs_from_rows(load_rows(cfg.source, cfg.split, cfg.limit), cfg, tokenizer)
 
 
+def task_demo_pairs(task, tokenizer, limit: int | None = None) -> list[TextPair]:
+    """SFT pairs from a task's reference responses: (prompt rendered by the task, `Example.demo`).
+
+    Examples without a demonstration are left out; a task with none at all is a ConfigError.
+    (Unlike `sft_pairs`' task branch, which keeps arith's plain prompts for the tiny presets.)"""
+    items = [e for e in task.train if e.demo is not None]
+    if not items:
+        raise ConfigError(f"sft.data.source: task '{task.name}' has no reference responses (set task.response_field, "
+                          "or sft.data.source to a file or hub dataset)")
+    items = items[:limit] if limit else items
+    return [TextPair(task.render(e, tokenizer), e.demo) for e in items]
+
+
 def tokenize_pair(tokenizer, pair: TextPair, max_length: int) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids + EOS), the prompt trimmed from the left to fit max_length."""
     prompt = tokenizer(pair.prompt, add_special_tokens=True)["input_ids"]
