@@ -240,3 +240,51 @@ def test_paper_presets_carry_the_paper_settings():
     assert load("qwen3-4b-math")[1].rm.init_from == "Qwen/Qwen3-8B"
     verifier = load("qwen2.5-1.5b-math-verifier")[1].train
     assert (verifier.advantage, verifier.reward) == ("sparse", "verifier")
+
+
+def test_the_docs_examples_run(tmp_path, monkeypatch, runner, workdir):
+    """docs/tasks.md's user task and reward function, written out as my_pkg, work as documented."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "tasks.md").read_text()
+    blocks = dict(re.findall(r"```python\n# (my_pkg/\w+\.py)\n(.*?)```", doc, re.S))
+    assert set(blocks) == {"my_pkg/tasks.py", "my_pkg/rewards.py"}
+    (tmp_path / "my_pkg").mkdir()
+    (tmp_path / "my_pkg" / "__init__.py").write_text("")
+    for name, code in blocks.items():
+        (tmp_path / name).write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        task = get_task(TaskConfig(name="my_pkg.tasks:Capitals", n_test=1), 0)
+        assert task.check(task.test[0], "nairobi.") == ("nairobi", True)
+        assert task.render(task.test[0], None) == "What is the capital of Kenya?"
+        assert load_reward_fn("my_pkg.rewards:score")("p", "about cats", {"keyword": "cats"}) == 1.0
+        assert invoke(runner, "validate", "tiny", "task.name=my_pkg.tasks:Capitals", "task.op=mul", "task.slip_rate=0",
+                      "task.n_test=1").exit_code == 0
+    finally:
+        for mod in ("my_pkg", "my_pkg.tasks", "my_pkg.rewards"):
+            sys.modules.pop(mod, None)
+
+
+def test_greedy_accuracy_renders_through_the_task_and_uses_its_batch_verifier(user_module, tmp_path):
+    """Task-generic held-out accuracy: prompts come from render(), verdicts from check_batch()."""
+    from lco_cli.runtime.models import build_tiny
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lco_cli.tasks import greedy_accuracy
+
+    base = build_tiny("tiny:hidden=16,layers=1,heads=2,kv_heads=2,intermediate=32", 0, tmp_path / "tiny")
+    model, tok = AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
+    tok.padding_side = "left"
+    task = get_task(TaskConfig(name=f"{user_module}:Echo"), 0)
+    seen = {}
+    task.render = lambda ex, t: seen.setdefault("rendered", []).append(ex.id) or f"R {ex.prompt}"
+    task.check_batch = lambda exs, rs, timeout=5.0: seen.setdefault("batches", []).append(len(rs)) or [(r, True) for r in rs]
+    out = greedy_accuracy(model, tok, task, n_problems=5, max_new_tokens=2)
+    assert out == {"heldout_acc": 1.0, "n_problems": 1} and seen == {"rendered": ["delta"], "batches": [1]}
+    task.check_batch = lambda exs, rs, timeout=5.0: [(r, False) for r in rs]
+    assert greedy_accuracy(model, tok, task, n_problems=5, max_new_tokens=2)["heldout_acc"] == 0.0
+    task.has_verifier = False
+    assert greedy_accuracy(model, tok, task, n_problems=5) == {"heldout_acc": None, "n_problems": 0}
+
