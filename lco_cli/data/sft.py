@@ -74,9 +74,8 @@ def _render_messages(tokenizer, messages: list[dict], use_template: bool) -> str
 
 
 def sft_pairs(cfg: "DataConfig", tokenizer, task) -> list[TextPair]:
-    if cfg.source == "task":
-        items = task.train[: cfg.limit] if cfg.limit else task.train
-        return [TextPair(e.prompt, e.demo) for e in items]  # the teacher's demonstration (task.slip_rate)
+    if cfg.source == "task":  # the teacher's demonstrations (arith: with task.slip_rate), rendered by the task
+        return task_demo_pairs(task, tokenizer, cfg.limit)
     return pairs_from_rows(load_rows(cfg.source, cfg.split, cfg.limit), cfg, tokenizer)
 
 
@@ -84,7 +83,7 @@ def task_demo_pairs(task, tokenizer, limit: int | None = None) -> list[TextPair]
     """SFT pairs from a task's reference responses: (prompt rendered by the task, `Example.demo`).
 
     Examples without a demonstration are left out; a task with none at all is a ConfigError.
-    (Unlike `sft_pairs`' task branch, which keeps arith's plain prompts for the tiny presets.)"""
+    (arith renders its plain prompts, so the tiny presets' SFT data is what it always was.)"""
     items = [e for e in task.train if e.demo is not None]
     if not items:
         raise ConfigError(f"sft.data.source: task '{task.name}' has no reference responses (set task.response_field, "

@@ -32,13 +32,15 @@ def get_task(cfg: "TaskConfig", seed: int) -> Task:
     task = cls.from_config(cfg, seed)
     if not getattr(task, "name", ""):
         task.name = cfg.name
+    task.max_new_tokens = cls.default_max_new_tokens(cfg)  # this source's budget (tiny-math: 128)
     return task
 
 
 def greedy_accuracy(model, tokenizer, task: Task, n_problems: int, batch_size: int = 256,
-                    max_new_tokens: int = 16, timeout: float = 5.0) -> dict:
+                    max_new_tokens: int | None = None, timeout: float = 5.0) -> dict:
     """Held-out greedy accuracy on the first `n_problems` test problems (fixed, so comparable):
-    prompts rendered by the task, responses judged by its verifier (in one batch)."""
+    prompts rendered by the task, responses judged by its verifier (in one batch).
+    `max_new_tokens` None = the task's own budget (arith 16, math 2,048; generation stops at EOS)."""
     from lco_cli.engines.generation import HFEngine, encode_prompts
 
     problems = task.test[:n_problems]
@@ -46,7 +48,8 @@ def greedy_accuracy(model, tokenizer, task: Task, n_problems: int, batch_size: i
         return {"heldout_acc": None, "n_problems": 0}
     engine = HFEngine(model, tokenizer, batch_size)
     prompts = [task.render(p, tokenizer) for p in problems]
-    roll = engine.generate(encode_prompts(tokenizer, prompts), 1, temperature=0.0, max_new_tokens=max_new_tokens)
+    roll = engine.generate(encode_prompts(tokenizer, prompts), 1, temperature=0.0,
+                           max_new_tokens=max_new_tokens or task.max_new_tokens)
     verdicts = task.check_batch(problems, roll.texts, timeout=timeout)
     correct = sum(ok for _, ok in verdicts)
     return {"heldout_acc": correct / len(problems), "n_problems": len(problems)}
