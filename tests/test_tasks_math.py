@@ -6,13 +6,13 @@ import logging
 
 import pytest
 import yaml
-
 from conftest import FAST, invoke
+
 from lco_cli.config import TaskConfig
 from lco_cli.data.pairs import merge_samples, pairs_from_samples, sampler_refs
 from lco_cli.data.sft import task_demo_pairs
 from lco_cli.errors import ConfigError, MissingArtifactError
-from lco_cli.tasks import MathTask, get_task
+from lco_cli.tasks import get_task
 from lco_cli.tasks.math import reference_answer
 
 ROWS = [  # MATH schema; answers in LaTeX as MATH writes them

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 import yaml
-
 from conftest import FAST, invoke
+
 from lco_cli.config import TaskConfig, bundled_presets, from_dict
 from lco_cli.errors import ConfigError
 from lco_cli.tasks import TASKS, ArithTask, Example, MathTask, PromptsTask, Task, get_task, task_class
@@ -269,9 +269,9 @@ def test_the_docs_examples_run(tmp_path, monkeypatch, runner, workdir):
 
 def test_greedy_accuracy_renders_through_the_task_and_uses_its_batch_verifier(user_module, tmp_path):
     """Task-generic held-out accuracy: prompts come from render(), verdicts from check_batch()."""
-    from lco_cli.runtime.models import build_tiny
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lco_cli.runtime.models import build_tiny
     from lco_cli.tasks import greedy_accuracy
 
     base = build_tiny("tiny:hidden=16,layers=1,heads=2,kv_heads=2,intermediate=32", 0, tmp_path / "tiny")

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lco_cli.tasks.base import TASKS, Example, Task, import_ref, register_task, task_class
 from lco_cli.tasks.arith import ArithTask, carry_slip
+from lco_cli.tasks.base import TASKS, Example, Task, import_ref, register_task, task_class
 from lco_cli.tasks.math import MathTask
 from lco_cli.tasks.prompts import PromptsTask
 

@@ -8,8 +8,8 @@ tasks register themselves with `@register_task("name")`; a user's task is named 
 from __future__ import annotations
 
 import importlib
-import random
 import logging
+import random
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
