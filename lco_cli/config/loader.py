@@ -37,6 +37,45 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
     from lco_cli.rl.registry import get_algo  # the algorithms validate their own settings
 
     errors.extend(get_algo(t.algo).check(t))
+    task_checks(p, errors)
+
+
+def task_checks(p: Preset, errors: list[str]) -> None:
+    """The `task` section against the task it names and the stages that use it (docs/tasks.md).
+
+    Errors: an unknown or unimportable task; arith-only keys on another task; a verifier reward
+    or verifier-labelled pairs for a task without a verifier; SFT on task demonstrations the task
+    does not have. Warnings (logged, not errors): a generation cap below a quarter of the task's
+    `default_max_new_tokens` (math 2,048 -> under 512 tokens; arith 16 -> under 4), which cannot
+    hold a typical response and would score almost every rollout as truncated or wrong.
+    """
+    from lco_cli.tasks import task_class
+    from lco_cli.tasks.base import logger
+
+    cfg = p.task
+    try:
+        cls = task_class(cfg.name)
+    except ConfigError as exc:
+        errors.append(exc.message)
+        return
+    errors.extend(cls.config_errors(cfg))
+    reasons = {"train.reward": p.train.reward == "verifier", "rm.pairs.source": p.rm.pairs.source == "self"}
+    if not cls.has_verifier:
+        errors.extend(f"{key}: task '{cfg.name}' has no verifier; " + ("use train.reward: rm" if key == "train.reward" else
+                      "use rm.pairs.source: file or hub") for key, bad in reasons.items() if bad)
+    if p.sft.data.source == "task" and not cls.provides_demos(cfg):
+        errors.append(f"sft.data.source: task '{cfg.name}' has no reference responses here (set task.response_field, "
+                      "or sft.data.source to a file or hub dataset)")
+    if isinstance(p.rm.pairs.sampler, list) and not p.rm.pairs.sampler:
+        errors.append("rm.pairs.sampler: an empty list (name at least one model)")
+    floor = cls.default_max_new_tokens(cfg) // 4
+    caps = {"train.rollout.max_new_tokens": p.train.rollout.max_new_tokens, "eval.max_new_tokens": p.eval.max_new_tokens}
+    if p.rm.pairs.source == "self":
+        caps["rm.pairs.max_new_tokens"] = p.rm.pairs.max_new_tokens
+    for key, cap in caps.items():
+        if cap < floor:
+            logger.warning("warning: %s=%d is too small for task '%s' (its responses need about %d tokens; "
+                           "warned below %d)", key, cap, cfg.name, cls.default_max_new_tokens(cfg), floor)
 
 
 def from_dict(data: dict) -> Preset:

@@ -59,13 +59,20 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    """The built-in synthetic verifiable task (train prompts for sft/rm/train, `arith` benchmark)."""
+    """Where prompts, reference solutions and verdicts come from (docs/tasks.md): train prompts for sft/rm/train, the held-out split."""
 
-    name: str = F("arith", doc="Task name in the task registry.", choices=("arith",))
-    op: str = F("mul", doc="Arithmetic operation.", choices=("add", "mul"))
-    digits: int = F(2, doc="Digits per operand.", ge=1, le=6)
-    n_test: int = F(400, doc="Held-out problems (deterministic from the seed, never trained on).", ge=1)
-    slip_rate: float = F(0.0, doc="Probability that an SFT demonstration is written with the carry slip (every column added without carrying, 57+68=15; problems without a carry are unaffected; add only): an imperfect teacher for RL to correct.", ge=0, le=1)
+    name: str = F("arith", doc="A registered task (arith, math, prompts) or your own Task subclass as 'package.module:ClassName' (imported only when named).")
+    source: Optional[str] = F(None, doc="math/prompts: a JSON/JSONL/parquet file, a folder of them, or a hub dataset id (math default: DigitalLearningGmbH/MATH-lighteval, the 7,500-problem MATH training set; 'tiny-math': the generated stand-in).")
+    split: str = F("train", doc="Split of a hub dataset source.")
+    prompt_field: Optional[str] = F(None, doc="Field holding the prompt (null = the task's default: math 'problem', prompts 'instruction' or a 'messages' list).")
+    answer_field: Optional[str] = F(None, doc="math: field holding the reference answer (null = the last \\boxed{} of 'solution', MATH schema).")
+    response_field: Optional[str] = F(None, doc="prompts: field holding an SFT reference response (null = none).")
+    n_test: int = F(400, doc="Held-out examples (never trained on; paper §5: 500).", ge=1)
+    split_seed: int = F(0, doc="Seed of the held-out split (and arith's slips), separate from `seed` so every seed of a study shares one split.", ge=0)
+    limit: Optional[int] = F(None, doc="Use at most the first N rows of the source (before the split).", gt=0)
+    op: str = F("mul", doc="arith only: arithmetic operation.", choices=("add", "mul"))
+    digits: int = F(2, doc="arith only: digits per operand.", ge=1, le=6)
+    slip_rate: float = F(0.0, doc="arith only: probability that an SFT demonstration is written with the carry slip (every column added without carrying, 57+68=15; problems without a carry are unaffected; add only): an imperfect teacher for RL to correct.", ge=0, le=1)
 
 
 @dataclass
@@ -110,7 +117,7 @@ class PairsConfig:
     source: str = F("self", doc="'self' (sample + verify), 'file' (local JSON/JSONL) or 'hub' (dataset id).", choices=("self", "file", "hub"))
     path: Optional[str] = F(None, doc="File path or hub id for source file/hub.")
     split: str = F("train", doc="Split for hub datasets.")
-    sampler: str = F("init", doc="Model that samples responses for 'self': 'init' (rm.init_from), a stage name or a path.")
+    sampler: Union[str, list[str]] = F("init", doc="Model(s) that sample responses for 'self': 'init' (rm.init_from), a stage name, a path or hub id, or a list of them (the paper samples from several larger models).")
     n_prompts: int = F(512, doc="Task prompts to sample for 'self'.", gt=0)
     samples_per_prompt: int = F(8, doc="Responses sampled per prompt for 'self'.", ge=2)
     temperature: float = F(1.0, doc="Sampling temperature for 'self'.", gt=0)
@@ -227,7 +234,7 @@ class Preset:
     description: str = F("", doc="One-line description shown by `lco presets`.")
     seed: int = F(0, doc="Global seed.", ge=0)
     model: ModelConfig = F(doc="Models.", factory=ModelConfig)
-    task: TaskConfig = F(doc="Synthetic task.", factory=TaskConfig)
+    task: TaskConfig = F(doc="The task.", factory=TaskConfig)
     sft: SFTConfig = F(doc="SFT stage.", factory=SFTConfig)
     rm: RMConfig = F(doc="Reward-model stage.", factory=RMConfig)
     train: TrainConfig = F(doc="Policy-training stage.", factory=TrainConfig)

@@ -44,6 +44,24 @@ def pairs_from_samples(prompts: list[str], responses: list[list[str]], verdicts:
     return out[:max_pairs]
 
 
+def sampler_refs(sampler: str | list[str]) -> list[str]:
+    """`rm.pairs.sampler` as a list of model references (one, or several as in the paper)."""
+    return [sampler] if isinstance(sampler, str) else list(sampler)
+
+
+def merge_samples(per_sampler: list[tuple[list[list[str]], list[list[bool]]]]) -> tuple[list[list[str]], list[list[bool]]]:
+    """Join several samplers' (responses, verdicts), each indexed [prompt][sample] over the same
+    prompts, into one pool per prompt (sampler order kept) for `pairs_from_samples`."""
+    if not per_sampler:
+        return [], []
+    n_prompts = {len(responses) for responses, _ in per_sampler} | {len(verdicts) for _, verdicts in per_sampler}
+    if len(n_prompts) != 1:
+        raise ValueError(f"samplers answered different numbers of prompts: {sorted(n_prompts)}")
+    responses = [sum((r[i] for r, _ in per_sampler), []) for i in range(n_prompts.pop())]
+    verdicts = [sum((v[i] for _, v in per_sampler), []) for i in range(len(responses))]
+    return responses, verdicts
+
+
 def _message_text(value, tokenizer, use_template: bool = True) -> tuple[str | None, str]:
     """A chosen/rejected value as (prompt or None, response): plain text or a chat message list."""
     if isinstance(value, str):

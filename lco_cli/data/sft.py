@@ -74,10 +74,22 @@ def _render_messages(tokenizer, messages: list[dict], use_template: bool) -> str
 
 
 def sft_pairs(cfg: "DataConfig", tokenizer, task) -> list[TextPair]:
-    if cfg.source == "task":
-        items = task.train[: cfg.limit] if cfg.limit else task.train
-        return [TextPair(e.prompt, e.demo) for e in items]  # the teacher's demonstration (task.slip_rate)
+    if cfg.source == "task":  # the teacher's demonstrations (arith: with task.slip_rate), rendered by the task
+        return task_demo_pairs(task, tokenizer, cfg.limit)
     return pairs_from_rows(load_rows(cfg.source, cfg.split, cfg.limit), cfg, tokenizer)
+
+
+def task_demo_pairs(task, tokenizer, limit: int | None = None) -> list[TextPair]:
+    """SFT pairs from a task's reference responses: (prompt rendered by the task, `Example.demo`).
+
+    Examples without a demonstration are left out; a task with none at all is a ConfigError.
+    (arith renders its plain prompts, so the tiny presets' SFT data is what it always was.)"""
+    items = [e for e in task.train if e.demo is not None]
+    if not items:
+        raise ConfigError(f"sft.data.source: task '{task.name}' has no reference responses (set task.response_field, "
+                          "or sft.data.source to a file or hub dataset)")
+    items = items[:limit] if limit else items
+    return [TextPair(task.render(e, tokenizer), e.demo) for e in items]
 
 
 def tokenize_pair(tokenizer, pair: TextPair, max_length: int) -> tuple[list[int], list[int]]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from lco_cli.errors import ConfigError, MissingArtifactError
 from lco_cli.runtime.rundir import STAGES_WITH_FINAL, atomic_dir
+from lco_cli.tasks.tiny_math import resolve_spec as resolve_tiny_math
 
 if TYPE_CHECKING:  # pragma: no cover
     from lco_cli.config import ModelConfig, Preset
@@ -99,6 +100,7 @@ def looks_like_path(ref: str) -> bool:
 
 def resolve_model_ref(ref: str, run: "RunDir", preset: "Preset") -> str:
     """Stage name -> its final/; 'base' -> model.policy (building tiny); else a path or hub id."""
+    ref = resolve_tiny_math(preset.model.policy if ref == "base" else ref, preset.seed, run.path / "base") or ref
     if ref == "base":
         policy = preset.model.policy
         if parse_tiny_spec(policy) is not None:

@@ -1,0 +1,193 @@
+"""`tiny-math`: a CPU stand-in of the real math path (DESIGN §7).
+
+Two parts, both built locally and deterministically (no download):
+
+* `generate_rows()` -- synthetic MATH-schema problems (`problem`, `solution` ending in a
+  `\\boxed{}` LaTeX answer such as `\\frac{1}{2}`, `level`, `type`, `unique_id`): fraction sums,
+  linear equations and integer expressions. Generated, not real benchmark items. A preset selects
+  them with `task.source: tiny-math` (they are made in memory; `write_jsonl` saves them as JSONL).
+* `build_tiny_math(spec, seed, out_dir)` -- a small Qwen2-architecture model with a byte-level BPE
+  tokenizer trained with `tokenizers` on those problems, a Qwen-style chat template
+  (`<|im_start|>` ... `<|im_end|>`, EOS = `<|im_end|>`) and embedding rows padded past the
+  tokenizer's size the way Qwen2.5 checkpoints are (151,936 rows for 151,665 tokens), saved as an
+  ordinary HF folder. `model.policy: tiny-math` resolves to it through `runtime.models.resolve_model_ref`.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import random
+from fractions import Fraction
+from pathlib import Path
+
+from lco_cli.errors import ConfigError
+from lco_cli.evals.benchmarks import COT_INSTRUCTION
+from lco_cli.runtime.rundir import atomic_dir
+
+SOURCE = "tiny-math"  # the task.source / model.policy name
+N_ROWS = 3000
+#: Longest tokenized solution of the generated set is ~60 tokens; 128 leaves room (validate's rule).
+MAX_NEW_TOKENS = 128
+ARCH_DEFAULTS = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 256, "positions": 512,
+                 "vocab": 600, "pad_to": 64}
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def latex(q: Fraction) -> str:
+    """1/2 -> \\frac{1}{2}, -3/4 -> -\\frac{3}{4}, 5 -> 5 (MATH's answer style)."""
+    if q.denominator == 1:
+        return str(q.numerator)
+    sign = "-" if q < 0 else ""
+    return f"{sign}\\frac{{{abs(q.numerator)}}}{{{q.denominator}}}"
+
+
+def fraction_sum(rng: random.Random) -> tuple[str, str]:
+    a, b = Fraction(rng.randint(1, 9), rng.randint(2, 9)), Fraction(rng.randint(1, 9), rng.randint(2, 9))
+    total = a + b
+    problem = (f"What is $\\frac{{{a.numerator}}}{{{a.denominator}}} + \\frac{{{b.numerator}}}{{{b.denominator}}}$? "
+               "Express your answer as a common fraction.")
+    common = a.denominator * b.denominator
+    solution = (f"Over the common denominator {common}: $\\frac{{{a.numerator * b.denominator}}}{{{common}}} + "
+                f"\\frac{{{b.numerator * a.denominator}}}{{{common}}} = \\frac{{{a.numerator * b.denominator + b.numerator * a.denominator}}}{{{common}}}$, "
+                f"which simplifies to $\\boxed{{{latex(total)}}}$.")
+    return problem, solution
+
+
+def linear_equation(rng: random.Random) -> tuple[str, str]:
+    a, b, c = rng.randint(2, 9), rng.randint(-9, 9), rng.randint(-20, 20)
+    x = Fraction(c - b, a)
+    problem = f"Solve for $x$: ${a}x {'+' if b >= 0 else '-'} {abs(b)} = {c}$."
+    move = f"Subtract {b} from both sides" if b >= 0 else f"Add {-b} to both sides"
+    solution = f"{move}: ${a}x = {c - b}$. Divide by {a}: $x = \\boxed{{{latex(x)}}}$."
+    return problem, solution
+
+
+def integer_expression(rng: random.Random) -> tuple[str, str]:
+    a, b, c = rng.randint(2, 19), rng.randint(2, 19), rng.randint(1, 50)
+    problem = f"Compute ${a} \\times {b} - {c}$."
+    solution = f"First ${a} \\times {b} = {a * b}$, then ${a * b} - {c} = \\boxed{{{a * b - c}}}$."
+    return problem, solution
+
+
+KINDS = {"Prealgebra": fraction_sum, "Algebra": linear_equation, "Arithmetic": integer_expression}
+
+
+def generate_rows(n: int = N_ROWS, seed: int = 0) -> list[dict]:
+    """`n` distinct synthetic MATH-schema rows, the same for the same (n, seed)."""
+    rng = random.Random(f"tiny-math-{seed}")
+    rows, seen = [], set()
+    kinds = sorted(KINDS)
+    while len(rows) < n:
+        kind = kinds[len(rows) % len(kinds)]
+        problem, solution = KINDS[kind](rng)
+        if problem in seen:
+            continue
+        seen.add(problem)
+        rows.append({"problem": problem, "solution": solution, "level": "Level 1", "type": kind,
+                     "unique_id": f"tiny-math/{len(rows)}"})
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# --------------------------------------------------------------------------- model
+
+
+def parse_spec(spec: str) -> dict | None:
+    """'tiny-math' or 'tiny-math:hidden=32,layers=1' -> architecture dict; None for other refs."""
+    if spec != SOURCE and not spec.startswith(SOURCE + ":"):
+        return None
+    arch = dict(ARCH_DEFAULTS)
+    for part in filter(None, spec.partition(":")[2].split(",")):
+        key, _, val = part.partition("=")
+        if key not in ARCH_DEFAULTS or not val.isdigit() or int(val) <= 0:
+            raise ConfigError(f"model.policy: bad tiny-math spec '{part}' (keys: {', '.join(ARCH_DEFAULTS)}, positive ints)")
+        arch[key] = int(val)
+    if arch["hidden"] % arch["heads"] or arch["heads"] % arch["kv_heads"]:
+        raise ConfigError("model.policy: tiny-math spec needs hidden % heads == 0 and heads % kv_heads == 0")
+    return arch
+
+
+def corpus(rows: list[dict]) -> list[str]:
+    """What the tokenizer learns from: the chat-formatted prompts and the solutions."""
+    return [f"<|im_start|>user\n{r['problem']}\n{COT_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n{r['solution']}<|im_end|>\n"
+            for r in rows]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer (any UTF-8 text encodes) with the Qwen chat specials and template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(texts, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  additional_special_tokens=["<|im_start|>"])
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"
+    return tok
+
+
+def build_tiny_math(spec: str, seed: int, out_dir: Path) -> Path:
+    """Build (once, under a file lock, atomically) the tiny-math model + tokenizer + data into `out_dir`."""
+    arch = parse_spec(spec)
+    if arch is None:
+        raise ValueError(f"not a tiny-math spec: {spec}")
+    out_dir = Path(out_dir)
+    marker = out_dir / "lco_tiny_math.json"
+    wanted = {"spec": spec, "seed": seed, "arch": arch, "rows": N_ROWS}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (DDP ranks) may ask at once: build under a file lock, once.
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and json.loads(marker.read_text()) == wanted:
+            return out_dir
+        return write_model(wanted, arch, seed, out_dir)
+
+
+def write_model(wanted: dict, arch: dict, seed: int, out_dir: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    rows = generate_rows()
+    tok = train_tokenizer(corpus(rows), arch["vocab"])
+    rows_in_embedding = -(-len(tok) // arch["pad_to"]) * arch["pad_to"]  # padded like Qwen checkpoints
+    cfg = Qwen2Config(
+        vocab_size=rows_in_embedding, hidden_size=arch["hidden"], intermediate_size=arch["intermediate"],
+        num_hidden_layers=arch["layers"], num_attention_heads=arch["heads"], num_key_value_heads=arch["kv_heads"],
+        max_position_embeddings=arch["positions"], tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    with torch.random.fork_rng():  # seeded init without touching the caller's RNG stream
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_jsonl(rows, tmp / "tiny_math_train.jsonl")  # the data the tokenizer was trained on
+        (tmp / "lco_tiny_math.json").write_text(json.dumps(wanted))
+    return out_dir
+
+
+def resolve_spec(ref: str, seed: int, out_dir: Path) -> str | None:
+    """The built folder for a tiny-math spec (building it on first use), else None: the hook
+    `runtime.models.resolve_model_ref` calls."""
+    return str(build_tiny_math(ref, seed, out_dir)) if parse_spec(ref) is not None else None
