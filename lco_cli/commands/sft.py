@@ -12,7 +12,7 @@ from lco_cli.data.sft import sft_pairs, tokenize_pair
 from lco_cli.engines.generation import pack
 from lco_cli.engines.scoring import token_logprobs
 from lco_cli.tasks import get_task, greedy_accuracy
-from lco_cli.runtime.training import (Progress, batch_indices, load_checkpoint, make_accelerator, make_optimizer,
+from lco_cli.runtime.training import (Progress, batch_indices, checkpoint_due, load_checkpoint, make_accelerator, make_optimizer,
                         make_scheduler, maybe_interrupt, optimizer_step, save_checkpoint, shard, stage_run, total_steps, write_json)
 from lco_cli.commands.common import Context, resolve, stage_options
 
@@ -59,7 +59,7 @@ def run_sft(ctx: Context) -> dict:
                     sd.metrics.append(row)
                 t_last, tokens_since = time.time(), 0
             progress.update(step, {"loss": loss})
-            if step % cfg.checkpoint_every == 0 and step < steps:
+            if checkpoint_due(sd, acc, step, cfg) and step < steps:
                 save_checkpoint(sd, acc, step, cfg.keep_checkpoints)
             maybe_interrupt(step)
         progress.close()

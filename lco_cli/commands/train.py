@@ -25,7 +25,7 @@ from lco_cli.engines.generation import Rollouts, encode_prompts, make_engine
 from lco_cli.rl.reward import DPOReward
 from lco_cli.rl.rollout import RolloutBatch, from_rollouts
 from lco_cli.tasks import get_task, greedy_accuracy
-from lco_cli.runtime.training import (Progress, batch_indices, grad_norm_of, load_checkpoint, make_accelerator, make_optimizer,
+from lco_cli.runtime.training import (Progress, batch_indices, check_finite_parameters, checkpoint_due, grad_norm_of, load_checkpoint, make_accelerator, make_optimizer,
                         make_scheduler, maybe_interrupt, save_checkpoint, shard, stage_run, write_json)
 from lco_cli.commands.common import Context, resolve, stage_options
 
@@ -226,6 +226,7 @@ def run_train(ctx: Context) -> dict:
                     batch.extras["seq_adv"] = sequence_advantages(batch.rewards.cpu(), batch.group.cpu(), cfg.advantage_norm, acc).to(acc.device)
                 stats = update.prepare(batch)
                 row, skipped = _optimize(update, batch, cfg, acc, opt, sched, trainable, step)
+                check_finite_parameters(trainable, step)
             collect_stats.pop("log_batch", None)
             row.update(collect_stats)
             row.update({"rollout_samples": n_samples, "rollout_samples_total": samples_total})
@@ -245,7 +246,7 @@ def run_train(ctx: Context) -> dict:
             if acc.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps or "heldout_acc" in row):
                 sd.metrics.append(row)
             progress.update(step, {k: row[k] for k in ("loss", "reward_mean", "heldout_acc") if k in row})
-            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            if checkpoint_due(sd, acc, step, cfg) and step < cfg.steps:
                 save_checkpoint(sd, acc, step, cfg.keep_checkpoints, {"skipped_steps": skipped_total, "rollout_samples": samples_total})
             maybe_interrupt(step)
         progress.close()
