@@ -4,6 +4,7 @@ Used by the preset schema (`config.schema`) and by each algorithm's own `Config`
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 import json
@@ -61,13 +62,19 @@ def coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads '1e-6' as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads '1e-6' as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # inf/nan pass every > / >= check yet break training
+                errors.append(f"{key}: must be a finite number, got {value!r}")
+                return None
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
