@@ -11,7 +11,11 @@ from pathlib import Path
 from lco_cli.runtime.console import warn
 from lco_cli.runtime.rundir import StageDir, atomic_dir, atomic_write_json
 
-INTERRUPT_ENV = "LCO_INTERRUPT_AT_STEP"  # test hook: raise KeyboardInterrupt after this step
+# Test hooks. LCO_INTERRUPT_AT_STEP=N raises KeyboardInterrupt after step N; N:TERM / N:HUP / N:INT
+# sends the process that signal instead (the real handler path). LCO_STEP_DELAY=S sleeps S seconds
+# after every step, so a test or bench/chaos.py can kill a run at a chosen point.
+INTERRUPT_ENV = "LCO_INTERRUPT_AT_STEP"
+DELAY_ENV = "LCO_STEP_DELAY"
 MANIFEST = "manifest.json"
 # Files up to this size are hashed into the manifest; larger ones (multi-GB weights and optimizer
 # states) are checked by size, which catches the truncation a kill or a full disk leaves, without
@@ -119,6 +123,19 @@ def checkpoint_due(sd: StageDir, accelerator, step: int, cfg) -> bool:
 
 
 def maybe_interrupt(step: int) -> None:
+    """The test hooks above; called by every stage loop after each step."""
+    delay = os.environ.get(DELAY_ENV)
+    if delay:
+        time.sleep(float(delay))
     target = os.environ.get(INTERRUPT_ENV)
-    if target and int(target) == step:
+    if not target:
+        return
+    at, _, sig = target.partition(":")
+    if int(at) != step:
+        return
+    if not sig:
         raise KeyboardInterrupt
+    import signal
+
+    os.kill(os.getpid(), getattr(signal, f"SIG{sig}"))
+    time.sleep(5)  # the handler raises within the sleep
