@@ -78,7 +78,7 @@ class LcoGroup(click.Group):
 def unwritable(exc: OSError) -> bool:
     import errno
 
-    return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT) and exc.filename is not None
+    return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR) and exc.filename is not None
 
 
 @click.group(cls=LcoGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -35,7 +35,6 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
         sec = getattr(p, stage)
         if sec.batch_size % sec.micro_batch_size and sec.micro_batch_size < sec.batch_size:
             errors.append(f"{stage}.micro_batch_size: must divide {stage}.batch_size ({sec.batch_size})")
-    errors.extend(size_bound_errors(p))
     for name in p.eval.data:
         if name not in BENCHMARK_NAMES:
             errors.append(f"eval.data.{name}: unknown benchmark (known: {', '.join(BENCHMARK_NAMES)})")
@@ -94,6 +93,7 @@ def from_dict(data: dict) -> Preset:
     if not isinstance(data, dict):
         raise ConfigError("preset: expected a YAML mapping at the top level")
     preset = build(Preset, data, "", errors)
+    errors.extend(size_bound_errors(preset))
     if not errors:
         _cross_checks(preset, errors)
     if errors:

@@ -138,7 +138,13 @@ def input_problems(preset, sections) -> list[tuple[int, str]]:
     return out
 
 
-def hub_error(exc: BaseException) -> MissingArtifactError | None:
+def hub_refs(preset, sections) -> list[str]:
+    """'key=id' for every reference in `sections` that can only be a hub id (no such local path)."""
+    return [f"{k}={v}" for k, v in model_refs(preset, sections) + data_refs(preset, sections)
+            if not Path(v).expanduser().exists() and not _looks_like_path(v)]
+
+
+def hub_error(exc: BaseException, preset=None, sections=()) -> MissingArtifactError | None:
     """A failed hub download (offline, unknown id, gated) as exit 3 naming what was asked for."""
     module = type(exc).__module__ or ""
     text = str(exc)
@@ -148,4 +154,6 @@ def hub_error(exc: BaseException) -> MissingArtifactError | None:
     if not (isinstance(exc, OSError) or from_hub) or not from_hub:
         return None
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return MissingArtifactError(f"could not fetch from the Hugging Face hub: {first}")
+    asked = hub_refs(preset, sections) if preset is not None else []
+    named = f" ({', '.join(asked)})" if asked else ""
+    return MissingArtifactError(f"could not fetch from the Hugging Face hub{named}: {first}")

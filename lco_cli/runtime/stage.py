@@ -195,7 +195,7 @@ def stage_run(run: RunDir, preset_name: str, preset: Preset, stage: str, acceler
         except Exception as exc:
             from lco_cli.runtime.inputs import hub_error
 
-            converted = hub_error(exc)
+            converted = hub_error(exc, preset, [stage])
             sd.set_status("failed", error=converted.message if converted else f"{type(exc).__name__}: {exc}")
             if converted:
                 raise converted from None
