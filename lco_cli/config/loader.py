@@ -51,12 +51,16 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
 # Per-step sizes above this are typos: a million sequences per step is beyond any machine's memory,
 # and a batch of 10^9 indices alone takes minutes to build before step 1.
 MAX_PER_STEP = 2**20
+# Adam moves every parameter by about lr per step, so lr = 1e3 already destroys a model (and is
+# left to the divergence guards); far above, torch's Adam overflows float32 inside its update.
+MAX_LR = 1e6
 SIZE_KEYS = ("batch_size", "micro_batch_size", "samples_per_prompt", "samples", "n_prompts", "max_pairs",
              "max_pairs_per_prompt", "max_new_tokens", "max_length", "loss_chunk_size", "minibatches", "update_epochs",
              "eval_problems", "n_test")
 
 
 def size_bound_errors(p: Preset) -> list[str]:
+    """Per-step sizes and learning rates beyond any sane value (typos)."""
     out = []
     stack = [("", to_dict(p))]
     while stack:
@@ -67,6 +71,8 @@ def size_bound_errors(p: Preset) -> list[str]:
                 stack.append((key + ".", v))
             elif k in SIZE_KEYS and isinstance(v, int) and v > MAX_PER_STEP:
                 out.append(f"{key}: {v:,} is beyond any sane size (at most {MAX_PER_STEP:,})")
+            elif k == "lr" and isinstance(v, float) and v > MAX_LR:
+                out.append(f"{key}: {v:g} is beyond any sane learning rate (at most {MAX_LR:g})")
     return sorted(out)
 
 

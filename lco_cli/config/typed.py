@@ -11,6 +11,9 @@ import json
 from typing import Any, Union, get_args, get_origin
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -73,6 +76,9 @@ def coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
         if number is not None:
             if not math.isfinite(number):  # inf/nan pass every > / >= check yet break training
                 errors.append(f"{key}: must be a finite number, got {value!r}")
+                return None
+            if abs(number) > FLOAT32_MAX:  # torch rejects it ("cannot be converted to type float") mid-run
+                errors.append(f"{key}: {number:g} is beyond the float32 range (|x| <= {FLOAT32_MAX:.3g})")
                 return None
             return number
     elif tp is str:

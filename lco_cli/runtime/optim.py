@@ -55,8 +55,9 @@ def check_finite_parameters(params, step: int | None = None) -> None:
     flags = [p.detach().isfinite().all() for p in params]
     if flags and not bool(torch.stack(flags).all()):
         at = f" at step {step}" if step is not None else ""
-        raise StageFailedError(f"parameters became non-finite (inf/NaN){at} after an optimizer step — the learning rate "
-                               "is likely too high; the last checkpoint is intact (lower the lr and rerun)")
+        raise StageFailedError(f"parameters became non-finite (inf/NaN){at} after an optimizer step — a learning rate "
+                               "too high, or float16 weights overflowing (use bfloat16/float32); nothing was saved "
+                               "after it, the last checkpoint is intact")
 
 
 def grad_norm_of(params) -> float:
