@@ -72,3 +72,12 @@ def test_kill_before_first_checkpoint_logs_step_zero_once(runner, run_dir, monke
     monkeypatch.delenv("LCO_INTERRUPT_AT_STEP")
     assert invoke(runner, *args).exit_code == 0
     assert [r["step"] for r in read_jsonl(run_dir / "train/metrics.jsonl")] == [0, 1, 2]
+
+
+def test_time_based_checkpoints(runner, fast_preset, workdir, monkeypatch):
+    """checkpoint_every_minutes saves between the step-based checkpoints (slow steps, preemptible jobs)."""
+    monkeypatch.setenv("LCO_STEP_DELAY", "0.2")  # each step takes > 0.1 s: a time-based checkpoint after each
+    res = invoke(runner, "sft", fast_preset, "--run-dir", "r", "sft.max_steps=3", "sft.checkpoint_every=100",
+                 "sft.checkpoint_every_minutes=0.001", "sft.keep_checkpoints=5", "sft.eval_problems=0")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (workdir / "r/sft/checkpoints").iterdir()) == ["step-000001", "step-000002"]
