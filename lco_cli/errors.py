@@ -39,3 +39,33 @@ class StageFailedError(LcoError):
     """A stage stopped cleanly on a training failure (NaN guard, ...) (exit 1)."""
 
     exit_code = 1
+
+
+class CorruptStateError(LcoError):
+    """A state file of a run directory cannot be read (exit 1); the message names it and the fix."""
+
+    exit_code = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP while a command runs (a KeyboardInterrupt, so every cleanup path
+    that handles Ctrl-C handles the others). Exit code 128 + signal number: 130 (SIGINT), 143
+    (SIGTERM), 129 (SIGHUP), as shells report a process killed by that signal."""
+
+    def __init__(self, signum: int = 2, note: str = ""):
+        super().__init__(signum)
+        self.signum = signum
+        self.note = note
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        import signal
+
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:  # pragma: no cover
+            return f"signal {self.signum}"

@@ -138,7 +138,8 @@ def test_compare_json_schema_and_markdown(copy_run, runner, workdir):
 def test_eval_policies_and_local_math_benchmark(copy_run, runner, workdir):
     (workdir / "m500.jsonl").write_text(json.dumps({"problem": "What is 1+1?", "answer": "2"}) + "\n")
     res = invoke(runner, "eval", "fast.yaml", "--run-dir", "run", "eval.policies=[pi_star,rm,base]",
-                 "eval.benchmarks=[arith,math500]", "eval.data.math500=m500.jsonl", "eval.temperature=0", "--json")
+                 "eval.benchmarks=[arith,math500]", "eval.data.math500=m500.jsonl", "eval.temperature=0", "--json",
+                 "--force")  # eval is done with another config: a rerun must be asked for
     assert res.exit_code == 0, res.output
     results = json.loads(res.output[res.output.index("{"):])["results"]
     assert {(r["policy"], r["benchmark"]) for r in results} == {(p, b) for p in ("pi_star", "rm", "base") for b in ("arith", "math500")}

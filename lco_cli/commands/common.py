@@ -1,4 +1,4 @@
-"""Arguments every stage command shares: [PRESET] [--run-dir DIR] [KEY=VALUE ...]."""
+"""Arguments every stage command shares: [PRESET] [--run-dir DIR] [--force] [KEY=VALUE ...]."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +9,8 @@ import click
 from lco_cli.config import Preset, load
 from lco_cli.errors import ConfigError
 from lco_cli.runtime.rundir import RunDir
+
+FORCE_META = "lco.force"  # click context meta key set by a stage command's --force flag
 
 
 @dataclass
@@ -35,12 +37,25 @@ def resolve(args: tuple[str, ...], run_dir: str | None) -> Context:
     preset_arg, overrides = split_args(args)
     name, preset = load(preset_arg, overrides)
     run = RunDir(Path(run_dir) if run_dir else Path("runs") / preset.name)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get(FORCE_META):
+        run.force.add(ctx.info_name)
     return Context(name, preset, run, overrides)
 
 
+def run_dir_option(fn):
+    return click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+                        help="Run directory (default: runs/<preset name>).")(fn)
+
+
+def _remember_force(ctx: click.Context, _param, value: bool) -> None:
+    ctx.meta[FORCE_META] = value
+
+
 def stage_options(fn):
-    """Decorate a stage command with PRESET/KEY=VALUE arguments and --run-dir."""
+    """Decorate a stage command with PRESET/KEY=VALUE arguments, --run-dir and --force."""
     fn = click.argument("args", nargs=-1, metavar="[PRESET] [KEY=VALUE]...")(fn)
-    fn = click.option("--run-dir", type=click.Path(file_okay=False), default=None,
-                      help="Run directory (default: runs/<preset name>).")(fn)
-    return fn
+    fn = click.option("--force", is_flag=True, expose_value=False, callback=_remember_force,
+                      help="Rerun even though the stage is done with a different config (the finished output "
+                           "is replaced only when the rerun succeeds).")(fn)
+    return run_dir_option(fn)

@@ -40,6 +40,34 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
     task_checks(p, errors)
 
 
+# Per-step sizes above this are typos: a million sequences per step is beyond any machine's memory,
+# and a batch of 10^9 indices alone takes minutes to build before step 1.
+MAX_PER_STEP = 2**20
+# Adam moves every parameter by about lr per step, so lr = 1e3 already destroys a model (and is
+# left to the divergence guards); far above, torch's Adam overflows float32 inside its update.
+MAX_LR = 1e6
+SIZE_KEYS = ("batch_size", "micro_batch_size", "samples_per_prompt", "samples", "n_prompts", "max_pairs",
+             "max_pairs_per_prompt", "max_new_tokens", "max_length", "loss_chunk_size", "minibatches", "update_epochs",
+             "eval_problems", "n_test")
+
+
+def size_bound_errors(p: Preset) -> list[str]:
+    """Per-step sizes and learning rates beyond any sane value (typos)."""
+    out = []
+    stack = [("", to_dict(p))]
+    while stack:
+        prefix, node = stack.pop()
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and k != "algo_args":
+                stack.append((key + ".", v))
+            elif k in SIZE_KEYS and isinstance(v, int) and v > MAX_PER_STEP:
+                out.append(f"{key}: {v:,} is beyond any sane size (at most {MAX_PER_STEP:,})")
+            elif k == "lr" and isinstance(v, float) and v > MAX_LR:
+                out.append(f"{key}: {v:g} is beyond any sane learning rate (at most {MAX_LR:g})")
+    return sorted(out)
+
+
 def task_checks(p: Preset, errors: list[str]) -> None:
     """The `task` section against the task it names and the stages that use it (docs/tasks.md).
 
@@ -84,6 +112,7 @@ def from_dict(data: dict) -> Preset:
     if not isinstance(data, dict):
         raise ConfigError("preset: expected a YAML mapping at the top level")
     preset = build(Preset, data, "", errors)
+    errors.extend(size_bound_errors(preset))
     if not errors:
         _cross_checks(preset, errors)
     if errors:
@@ -116,14 +145,66 @@ def read_preset_file(preset: str | None) -> tuple[str, dict]:
             raise ConfigError(f"preset: unknown preset '{preset}' (bundled: {', '.join(sorted(bundled))}; or give a YAML path)")
         if not path.is_file():
             raise ConfigError(f"preset: file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"preset: {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"preset: {path} must hold a mapping at the top level")
+    data = parse_preset_yaml(path)
     data.setdefault("name", path.stem)
     return path.stem, data
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML would keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(f"preset: duplicate key '{key}' (lines {seen[key] + 1} and {key_node.start_mark.line + 1} "
+                                  f"of {self.name}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+# A preset holds a few hundred values; an alias bomb ("billion laughs") expands to billions
+# through shared references, which hang any walk over the data (hashing, validation).
+MAX_VALUES = 100_000
+
+
+def count_values(data: Any, budget: int = MAX_VALUES) -> int:
+    """Number of values reached by walking `data` (aliases counted each time), stopping at `budget`."""
+    seen, stack = 0, [data]
+    while stack and seen <= budget:
+        node = stack.pop()
+        seen += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return seen
+
+
+def parse_preset_yaml(path: Path) -> dict:
+    """The preset file as a mapping: exit 2 for unreadable, invalid or empty YAML, duplicate keys
+    and alias bombs."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"preset: {path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        loader = StrictLoader(text)
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"preset: {path} is not valid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"preset: {path} is empty (write at least `name: ...`, or use a bundled preset such as 'tiny')")
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset: {path} must hold a mapping at the top level")
+    if count_values(data) > MAX_VALUES:
+        raise ConfigError(f"preset: {path} expands to more than {MAX_VALUES:,} values (YAML aliases nested too deep?)")
+    return data
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

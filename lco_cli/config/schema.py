@@ -105,6 +105,7 @@ class SFTConfig:
     max_grad_norm: float = F(1.0, doc="Gradient clipping norm (0 disables).", ge=0)
     mixed_precision: str = F("no", doc="accelerate mixed precision.", choices=("no", "bf16", "fp16"))
     checkpoint_every: int = F(200, doc="Save a resumable checkpoint every N steps.", gt=0)
+    checkpoint_every_minutes: Optional[float] = F(None, doc="Also save one when this many minutes passed since the last (slow steps, preemptible jobs).", gt=0)
     keep_checkpoints: int = F(2, doc="Keep the newest N checkpoints.", gt=0)
     log_every: int = F(10, doc="Write a metrics row every N steps.", gt=0)
     eval_problems: int = F(200, doc="Held-out problems for the greedy accuracy in sft/eval.json (verifiable tasks).", ge=0)
@@ -147,6 +148,7 @@ class RMConfig:
     max_grad_norm: float = F(1.0, doc="Gradient clipping norm (0 disables).", ge=0)
     mixed_precision: str = F("no", doc="accelerate mixed precision.", choices=("no", "bf16", "fp16"))
     checkpoint_every: int = F(200, doc="Save a resumable checkpoint every N steps.", gt=0)
+    checkpoint_every_minutes: Optional[float] = F(None, doc="Also save one when this many minutes passed since the last (slow steps, preemptible jobs).", gt=0)
     keep_checkpoints: int = F(2, doc="Keep the newest N checkpoints.", gt=0)
     log_every: int = F(10, doc="Write a metrics row every N steps.", gt=0)
     pairs: PairsConfig = F(doc="Preference pairs.", factory=PairsConfig)
@@ -202,6 +204,7 @@ class TrainConfig:
     eval_every: int = F(25, doc="Held-out greedy accuracy every N steps (0 disables).", ge=0)
     eval_problems: int = F(200, doc="Held-out problems for that accuracy.", ge=0)
     checkpoint_every: int = F(50, doc="Save a resumable checkpoint every N steps.", gt=0)
+    checkpoint_every_minutes: Optional[float] = F(None, doc="Also save one when this many minutes passed since the last (slow steps, preemptible jobs).", gt=0)
     keep_checkpoints: int = F(2, doc="Keep the newest N checkpoints.", gt=0)
     log_every: int = F(1, doc="Write a metrics row every N steps.", gt=0)
     max_skipped: int = F(5, doc="Fail the stage after this many consecutive non-finite steps.", gt=0)
@@ -227,6 +230,16 @@ class EvalConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where metrics go besides metrics.jsonl, and when a run that looks collapsed gets a warning."""
+
+    report_to: list[str] = F(doc="Experiment trackers fed every metrics row (accelerate's TensorBoard / W&B trackers).",
+                             factory=list, choices=("tensorboard", "wandb"))
+    divergence_window: int = F(3, doc="Warn when grad_norm is exactly 0, or entropy is below entropy_floor, for this many consecutive logged steps.", gt=0, le=1000)
+    entropy_floor: float = F(1e-3, doc="Mean token entropy (nats) below which the policy counts as collapsed.", ge=0)
+
+
+@dataclass
 class Preset:
     """A whole pipeline."""
 
@@ -239,3 +252,4 @@ class Preset:
     rm: RMConfig = F(doc="Reward-model stage.", factory=RMConfig)
     train: TrainConfig = F(doc="Policy-training stage.", factory=TrainConfig)
     eval: EvalConfig = F(doc="Evaluation stage.", factory=EvalConfig)
+    logging: LoggingConfig = F(doc="Trackers and divergence warnings (not part of any stage's identity).", factory=LoggingConfig)

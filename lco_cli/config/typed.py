@@ -4,10 +4,14 @@ Used by the preset schema (`config.schema`) and by each algorithm's own `Config`
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 import json
 from typing import Any, Union, get_args, get_origin
+
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def type_name(tp: Any) -> str:
@@ -61,13 +65,22 @@ def coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads '1e-6' as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads '1e-6' as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # inf/nan pass every > / >= check yet break training
+                errors.append(f"{key}: must be a finite number, got {value!r}")
+                return None
+            if abs(number) > FLOAT32_MAX:  # torch rejects it ("cannot be converted to type float") mid-run
+                errors.append(f"{key}: {number:g} is beyond the float32 range (|x| <= {FLOAT32_MAX:.3g})")
+                return None
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value

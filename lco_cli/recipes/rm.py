@@ -28,6 +28,7 @@ from lco_cli.runtime.rundir import atomic_write_json, atomic_write_text
 from lco_cli.runtime.training import (
     Progress,
     batch_indices,
+    checkpoint_due,
     load_checkpoint,
     make_accelerator,
     make_optimizer,
@@ -153,7 +154,7 @@ def run_rm(ctx: Context) -> dict:
             if acc.is_main_process and (step % cfg.log_every == 0 or step == steps):
                 sd.metrics.append({"step": step, "time": time.time() - t0, **stats, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm})
             progress.update(step, {"loss": stats["loss"], "acc": stats["accuracy"]})
-            if step % cfg.checkpoint_every == 0 and step < steps:
+            if checkpoint_due(sd, acc, step, cfg) and step < steps:
                 save_checkpoint(sd, acc, step, cfg.keep_checkpoints)
             maybe_interrupt(step)
         progress.close()

@@ -16,6 +16,7 @@ from lco_cli.runtime.rundir import atomic_write_json
 from lco_cli.runtime.training import (
     Progress,
     batch_indices,
+    checkpoint_due,
     load_checkpoint,
     make_accelerator,
     make_optimizer,
@@ -76,7 +77,7 @@ def run_sft(ctx: Context) -> dict:
                     sd.metrics.append(row)
                 t_last, tokens_since = time.time(), 0
             progress.update(step, {"loss": loss})
-            if step % cfg.checkpoint_every == 0 and step < steps:
+            if checkpoint_due(sd, acc, step, cfg) and step < steps:
                 save_checkpoint(sd, acc, step, cfg.keep_checkpoints)
             maybe_interrupt(step)
         progress.close()

@@ -29,6 +29,8 @@ from lco_cli.runtime.rundir import atomic_write_json
 from lco_cli.runtime.training import (
     Progress,
     batch_indices,
+    check_finite_parameters,
+    checkpoint_due,
     grad_norm_of,
     load_checkpoint,
     make_accelerator,
@@ -94,6 +96,7 @@ def run_train(ctx: Context) -> dict:
                 batch = _shuffle_for_minibatches(batch, cfg, step)
                 prep, stats = update.prepare(batch)
                 row, skipped = _optimize(update, batch, prep, cfg, acc, opt, sched, trainable, step)
+                check_finite_parameters(trainable, step)
             collect_stats.pop("log_batch", None)
             row.update(collect_stats)
             row.update({"rollout_samples": n_samples, "rollout_samples_total": samples_total})
@@ -113,7 +116,7 @@ def run_train(ctx: Context) -> dict:
             if acc.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps or "heldout_acc" in row):
                 sd.metrics.append(row)
             progress.update(step, {k: row[k] for k in ("loss", "reward_mean", "heldout_acc") if k in row})
-            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            if checkpoint_due(sd, acc, step, cfg) and step < cfg.steps:
                 save_checkpoint(sd, acc, step, cfg.keep_checkpoints, {"skipped_steps": skipped_total, "rollout_samples": samples_total})
             maybe_interrupt(step)
         progress.close()

@@ -1,7 +1,11 @@
 """The run directory contract (DESIGN §1): run.json, config.yaml and one folder per stage.
 
 Every file is written atomically (temp name in the same folder, then `os.replace`), `final/`
-appears only when complete, and a stage folder is locked while a process writes it.
+appears only when complete, and a stage folder is locked while a process writes it. A rerun of a
+finished stage writes into `.<stage>.staging/` beside it, swapped in by one `renameat2` exchange
+only when it succeeds (`exchange_dirs`). State files that cannot be read end the command with one
+message naming the file and the fix (`CorruptStateError`), and a torn last metrics line (a process
+killed mid-append) is dropped with a warning.
 """
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from lco_cli.errors import MissingArtifactError, StageLockedError
+from lco_cli.errors import CorruptStateError, MissingArtifactError, StageLockedError
+from lco_cli.runtime.console import warn
 
 STATUS_FILE = "status.json"
 STAGES_WITH_FINAL = ("sft", "rm", "train")
@@ -56,6 +61,44 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_state_json(path: Path, fix: str) -> dict | None:
+    """A state file (status.json, run.json) or None when absent; unreadable -> CorruptStateError
+    naming the file and `fix`, never a traceback."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptStateError(f"{path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'empty'}); "
+                                f"{fix}") from None
+    if not isinstance(data, dict):
+        raise CorruptStateError(f"{path} does not hold a JSON object; {fix}")
+    return data
+
+
+def exchange_dirs(a: Path, b: Path) -> None:
+    """Swap two folders in one atomic step (Linux renameat2 RENAME_EXCHANGE): a reader sees either
+    the old or the new one, never neither. Elsewhere: two renames (a crash between them leaves
+    `b` missing and is repaired by `StageDir.recover`)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        if renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
+            return
+    parked = b.with_name(b.name + ".swap")
+    os.replace(b, parked)
+    os.replace(a, b)
+    os.replace(parked, a)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temp folder beside `final`; on success it replaces `final` in one rename."""
@@ -66,11 +109,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     try:
         yield tmp
         if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            exchange_dirs(tmp, final)  # `final` is never missing; tmp now holds the old one
         else:
             os.replace(tmp, final)
     finally:
@@ -78,41 +117,66 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl; one JSON object per logged step."""
+    """Append-only metrics.jsonl; one JSON object per logged step. `enrich` callbacks add fields to
+    a row before it is written; `on_append` callbacks (the experiment trackers) see every row."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.enrich: list = []  # row -> extra fields written with it (the divergence watch)
+        self.on_append: list = []
 
     def append(self, row: dict) -> None:
+        for extra in self.enrich:
+            row = {**row, **extra(row)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row, default=float) + "\n")
+        for callback in self.on_append:
+            callback(row)
 
     def rows(self) -> list[dict]:
+        """Every row; a line that does not parse (a write cut by a kill) is skipped with a warning."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        out = []
+        lines = self.path.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                where = "last line" if i == len(lines) else f"line {i}"
+                warn(f"{self.path}: {where} is not valid JSON (cut short by a kill?); dropped")
+        return out
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows logged after `step` (they belong to work a resume will redo)."""
-        kept = [r for r in self.rows() if r.get("step", 0) <= step]
+        """Drop rows logged after the checkpoint at `step` (a resume redoes that work). Step 0 means
+        no checkpoint: every row goes, the step-0 row too (the run logs it again)."""
+        kept = [r for r in self.rows() if 0 < step and r.get("step", 0) <= step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class StageDir:
     """One stage folder: status.json, config.yaml, metrics.jsonl, checkpoints/, final/."""
 
-    def __init__(self, run: "RunDir", name: str):
+    def __init__(self, run: "RunDir", name: str, path: Path | None = None):
         self.run = run
         self.name = name
-        self.path = run.path / name
+        self.path = Path(path) if path is not None else run.path / name
+        self.staged = path is not None  # a staging area beside the stage folder
         self.metrics = MetricsLog(self.path / "metrics.jsonl")
-        self._lock_fh = None
+        self.resume = False
+
+    def staging(self) -> "StageDir":
+        """Where a rerun of this (finished) stage writes until it succeeds."""
+        return StageDir(self.run, self.name, self.run.path / f".{self.name}.staging")
 
     # -- status -------------------------------------------------------------------
     def status(self) -> dict | None:
-        f = self.path / STATUS_FILE
-        return read_json(f) if f.exists() else None
+        return read_state_json(self.path / STATUS_FILE,
+                               f"delete it to start stage '{self.name}' over (`rm {self.path / STATUS_FILE}`), "
+                               "or restore it from a backup")
 
     def is_done(self) -> bool:
         st = self.status()
@@ -130,14 +194,34 @@ class StageDir:
         else:
             st["finished"] = now()
         atomic_write_json(self.path / STATUS_FILE, st)
-        self.run.record_stage(self.name, state, st.get("config_hash"))
+        if not self.staged:
+            self.run.record_stage(self.name, state, st.get("config_hash"))
+
+    def update_status(self, **fields: Any) -> None:
+        """Change fields of status.json without a state transition."""
+        st = self.status() or {}
+        st.update(fields)
+        atomic_write_json(self.path / STATUS_FILE, st)
+
+    # -- leftovers ------------------------------------------------------------------
+    def remove_stale_temp(self) -> list[Path]:
+        """Temp files and folders a killed writer left (`.name.XXXX.tmp`, `.final.old`); call under the lock."""
+        removed = []
+        for folder in (self.path, self.checkpoints_dir, self.path / "samples"):
+            if not folder.is_dir():
+                continue
+            for child in folder.iterdir():
+                if child.name.startswith(".") and (child.name.endswith((".tmp", ".old", ".swap"))):
+                    shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
+                    removed.append(child)
+        return removed
 
     # -- lock ---------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive, non-blocking lock on the stage folder (released on exit or process death)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path / ".lock", "w")
+        fh = open(self.path / ".lock", "a")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -158,9 +242,11 @@ class StageDir:
         return self.checkpoints_dir / f"step-{step:06d}"
 
     def checkpoints(self) -> list[Path]:
+        """Complete checkpoint folders, oldest first (a `step-N` folder appears in one rename)."""
         if not self.checkpoints_dir.exists():
             return []
-        found = [p for p in self.checkpoints_dir.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "trainer_state.json").exists()]
+        found = [p for p in self.checkpoints_dir.iterdir()
+                 if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
         return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
     def latest_checkpoint(self) -> Path | None:
@@ -181,6 +267,12 @@ class RunDir:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        # `force`: stages to rerun from scratch even though done with another config (--force).
+        # `allow_rerun`: stages `lco run` reruns because an upstream reran (config changes allowed,
+        # an identical interrupted rerun still resumes). A stage command refuses both otherwise.
+        self.force: set[str] = set()
+        self.allow_rerun: set[str] = set()
+        self.plans: dict = {}  # stage -> the StagePlan it ran with (for `lco run`'s summary)
 
     def stage(self, name: str) -> StageDir:
         return StageDir(self, name)
@@ -190,7 +282,8 @@ class RunDir:
         return self.path / "run.json"
 
     def read(self) -> dict:
-        return read_json(self.run_json) if self.run_json.exists() else {}
+        return read_state_json(self.run_json, f"delete it (`rm {self.run_json}`); lco writes it again from the stage "
+                                              "folders on the next command") or {}
 
     def write_header(self, preset_name: str, resolved: dict, config_hash: str) -> None:
         from lco_cli.config import dump_yaml

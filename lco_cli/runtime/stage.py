@@ -1,0 +1,305 @@
+"""The stage lifecycle: identity, the rerun/resume/refuse decision, staging, status and failure.
+
+A stage's identity is its own inputs (its section plus model/task/seed: `config_hash`) and the
+fingerprint of every upstream output it reads (`upstream`: each upstream stage's config hash and
+a content digest of its `final/`). A stage that is done is never cleared: a rerun writes into
+`.<stage>.staging/` and replaces the stage in one atomic exchange only when it succeeds; only then
+are downstream stages marked stale. A done stage whose own config changed is refused (exit 2,
+naming the keys) unless the rerun is allowed (`--force`, or `lco run` rerunning after an upstream).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+from lco_cli.config import STAGES, Preset, config_hash, dump_yaml, to_dict
+from lco_cli.errors import ConfigError, Interrupted, LcoError
+from lco_cli.runtime.console import warn
+from lco_cli.runtime.rundir import STAGES_WITH_FINAL, RunDir, StageDir, atomic_write_json, atomic_write_text, exchange_dirs
+
+
+def stage_inputs(preset: Preset, stage: str) -> dict:
+    """What a stage's output depends on in the preset: its own section plus model/task/seed."""
+    d = to_dict(preset)
+    return {stage: d[stage], "model": d["model"], "task": d["task"], "seed": d["seed"]}
+
+
+def stage_config_hash(preset: Preset, stage: str) -> str:
+    return config_hash(stage_inputs(preset, stage))
+
+
+# --------------------------------------------------------------------------- upstream
+
+
+def upstream_stages(preset: Preset, stage: str) -> list[str]:
+    """The stages whose `final/` this stage reads, from the preset (a superset is safe: at worst a
+    stage reruns when an output it did not use changed)."""
+    refs: list[str] = []
+    if stage == "sft":
+        refs = [preset.sft.init_from]
+    elif stage == "rm":
+        refs = [preset.rm.init_from, preset.rm.pairs.sampler]
+    elif stage == "train":
+        t = preset.train
+        uses_rm = t.reward == "rm" or (t.algo == "lco" and t.advantage in ("dpo", "logprob")) or t.algo in ("ppo", "gkd", "minillm")
+        refs = [t.init_from, t.advantage_model or "", "rm" if uses_rm else ""]
+    elif stage == "eval":
+        for pol in preset.eval.policies:
+            refs += ["sft", "rm"] if pol == "pi_star" else [pol]
+    if preset.model.policy in STAGES_WITH_FINAL and "base" in refs:
+        refs.append(preset.model.policy)
+    out = []
+    for ref in refs:
+        if ref in STAGES_WITH_FINAL and ref != stage and ref not in out:
+            out.append(ref)
+    return out
+
+
+def final_digest(folder: Path) -> str:
+    """Content hash of a `final/` folder: sha256 over every file's relative path and bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(2**20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def output_fingerprint(run: RunDir, stage: str) -> dict | None:
+    """What a downstream stage records of `stage`'s output: its config hash and final/ digest."""
+    sd = run.stage(stage)
+    st = sd.status() or {}
+    if st.get("state") != "done" or not sd.final.exists():
+        return None
+    return {"config_hash": st.get("config_hash"), "final": st.get("final_digest") or final_digest(sd.final)}
+
+
+def upstream_fingerprint(run: RunDir, preset: Preset, stage: str) -> dict:
+    return {up: output_fingerprint(run, up) for up in upstream_stages(preset, stage)}
+
+
+def changed_upstream(recorded: dict | None, current: dict) -> list[str]:
+    """Upstream stages whose output differs from what the stage was built on."""
+    if recorded is None:
+        return []  # written by an lco that did not record its upstream
+    return sorted(k for k in recorded.keys() | current.keys() if recorded.get(k) != current.get(k))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):  # an empty mapping adds no key: {} -> {x: 1} reads as "x added"
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changed_keys(status: dict, preset: Preset, stage: str) -> list[str]:
+    if not status.get("inputs"):
+        return []  # written by an older lco that did not record its inputs
+    old, new = _flatten(status["inputs"]), _flatten(stage_inputs(preset, stage))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k, "<unset>") != new.get(k, "<unset>"))
+
+
+# --------------------------------------------------------------------------- the decision
+
+
+@dataclasses.dataclass
+class StagePlan:
+    """Where and how a stage command writes: `work` is the stage folder or its staging area."""
+
+    work: StageDir
+    resume: bool
+    reason: str
+
+
+def plan_stage(run: RunDir, preset: Preset, stage: str) -> StagePlan:
+    """Decide resume / fresh / staged rerun — or refuse a done stage whose own config changed.
+
+    Read-only, so every process of a launch computes the same plan."""
+    main = run.stage(stage)
+    status = main.status() or {}
+    section_hash = stage_config_hash(preset, stage)
+    upstream = upstream_fingerprint(run, preset, stage)
+
+    def same(st: dict) -> bool:
+        return st.get("config_hash") == section_hash and not changed_upstream(st.get("upstream", upstream), upstream)
+
+    fresh = stage in run.force
+    if not main.is_done():
+        resume = not fresh and status.get("state") in ("running", "failed") and same(status)
+        return StagePlan(main, resume, f"resume from step {status.get('step', 0)}" if resume else "fresh run")
+    staging = main.staging()
+    staged_status = staging.status() or {}
+    if not fresh and staged_status.get("state") in ("running", "failed") and same(staged_status):
+        return StagePlan(staging, True, f"resume the interrupted rerun from step {staged_status.get('step', 0)}")
+    if status.get("config_hash") != section_hash and not (fresh or stage in run.allow_rerun):
+        keys = changed_keys(status, preset, stage)
+        raise ConfigError(f"stage '{stage}' is done with a different config (changed: {', '.join(keys) or 'unknown'}); "
+                          f"rerun it with --force, or use another --run-dir")
+    moved = changed_upstream(status.get("upstream"), upstream)
+    why = f"{', '.join(moved)} output changed since it ran" if moved else "rerun requested"
+    return StagePlan(staging, False, f"rerun into a staging area ({why}); the finished output stays until it succeeds")
+
+
+# --------------------------------------------------------------------------- the lifecycle
+
+
+@contextlib.contextmanager
+def stage_run(run: RunDir, preset_name: str, preset: Preset, stage: str, accelerator=None) -> Iterator[StageDir]:
+    """Lock the stage, record config and status; mark failed (with the reason) on any error.
+
+    Only the main process writes; the others wait until the folder is set up."""
+    barrier = accelerator.wait_for_everyone if accelerator is not None else (lambda: None)
+    is_main = accelerator is None or accelerator.is_main_process
+    _check_inputs(run, preset, stage, record=is_main)
+    plan = plan_stage(run, preset, stage)  # every process, before anything changes
+    run.plans[stage] = plan
+    sd = plan.work
+    sd.resume = plan.resume
+    barrier()
+    if accelerator is not None and not accelerator.is_main_process:
+        barrier()
+        yield sd
+        return
+    main = run.stage(stage)
+    with main.lock():
+        _prepare_work_dir(main, plan)
+        resolved = to_dict(preset)
+        section_hash = stage_config_hash(preset, stage)
+        upstream = upstream_fingerprint(run, preset, stage)
+        run.write_header(preset_name, resolved, config_hash(resolved))
+        atomic_write_text(sd.path / "config.yaml", dump_yaml(resolved[stage]))
+        previous = sd.status() or {}
+        sd.set_status("running", config_hash=section_hash, upstream=upstream, step=previous.get("step", 0) if sd.resume else 0,
+                      inputs=stage_inputs(preset, stage), interrupted=False)
+        if sd.staged:
+            warn(f"{stage}: {plan.reason}")
+        trackers = _start_observers(sd, preset, stage)
+        barrier()
+        try:
+            yield sd
+        except KeyboardInterrupt as exc:
+            sd.set_status("failed", error="interrupted", interrupted=True)
+            raise _interrupted(exc, sd) from None
+        except LcoError as exc:
+            sd.set_status("failed", error=exc.message)
+            raise
+        except Exception as exc:
+            from lco_cli.runtime.inputs import hub_error
+
+            converted = hub_error(exc, preset, [stage])
+            sd.set_status("failed", error=converted.message if converted else f"{type(exc).__name__}: {exc}")
+            if converted:
+                raise converted from None
+            raise
+        finally:
+            from lco_cli.runtime.trackers import close_trackers
+
+            close_trackers(trackers)
+        _finish(run, main, sd, section_hash)
+
+
+def _check_inputs(run: RunDir, preset: Preset, stage: str, record: bool) -> None:
+    """Paths and data files the stage reads, before anything runs; a stage without a finished
+    output records the failure in its status (a done one is left as it is)."""
+    from lco_cli.runtime.inputs import check_inputs
+
+    try:
+        check_inputs(preset, [stage])
+    except LcoError as exc:
+        sd = run.stage(stage)
+        if record and not sd.is_done():
+            with sd.lock():
+                sd.set_status("failed", error=exc.message)
+        raise
+
+
+def _prepare_work_dir(main: StageDir, plan: StagePlan) -> None:
+    """Remove what killed writers left, and start clean unless resuming (never a done stage)."""
+    main.remove_stale_temp()
+    staging = main.staging()
+    if not plan.work.staged:
+        shutil.rmtree(staging.path, ignore_errors=True)  # an abandoned rerun of an earlier done state
+        if not plan.resume:
+            clear_stage(main)
+        return
+    if not plan.resume:
+        shutil.rmtree(staging.path, ignore_errors=True)
+    staging.path.mkdir(parents=True, exist_ok=True)
+    staging.remove_stale_temp()
+    lock = staging.path / ".lock"
+    if not lock.exists():  # the same lock file (inode), so the lock we hold survives the swap
+        lock.hardlink_to(main.path / ".lock")
+
+
+def _start_observers(sd: StageDir, preset: Preset, stage: str) -> list:
+    from lco_cli.runtime.optim import DivergenceWatch
+    from lco_cli.runtime.trackers import open_trackers
+
+    cfg = preset.logging
+    sd.metrics.enrich.append(DivergenceWatch(stage, cfg.divergence_window, cfg.entropy_floor).observe)
+    flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flatten(to_dict(preset)).items()}
+    return open_trackers(sd, cfg.report_to, preset.name, flat)
+
+
+def _finish(run: RunDir, main: StageDir, sd: StageDir, section_hash: str) -> None:
+    """Mark done (with the digest of final/); a staged rerun replaces the stage, then downstream
+    stages built on the old output are marked stale."""
+    digest = final_digest(sd.final) if sd.final.exists() else None
+    sd.set_status("done", config_hash=section_hash, step=getattr(sd, "final_step", None), final_digest=digest)
+    if sd.staged:
+        exchange_dirs(sd.path, main.path)
+        shutil.rmtree(sd.path, ignore_errors=True)
+        st = main.status() or {}
+        run.record_stage(main.name, "done", st.get("config_hash"))
+    _mark_downstream_stale(run, main.name)
+
+
+def _mark_downstream_stale(run: RunDir, stage: str) -> None:
+    current = output_fingerprint(run, stage)
+    for other in STAGES:
+        sd = run.stage(other)
+        st = sd.status() or {}
+        recorded = (st.get("upstream") or {})
+        if other != stage and st.get("state") == "done" and stage in recorded and recorded[stage] != current:
+            sd.update_status(stale=f"'{stage}' was rerun at {time.strftime('%Y-%m-%d %H:%M:%S')} after this stage ran; "
+                                   f"rerun it (`lco run` does)")
+
+
+def _interrupted(exc: KeyboardInterrupt, sd: StageDir) -> Interrupted:
+    """The interruption with a note saying what the next run will do."""
+    from lco_cli.runtime.checkpoint import latest_good_checkpoint
+
+    signum = getattr(exc, "signum", 2)
+    ck = latest_good_checkpoint(sd)
+    where = f"'{sd.name}'" + (" (a rerun in its staging area; the finished output is untouched)" if sd.staged else "")
+    if ck is not None:
+        note = f"stage {where} stopped; the next run resumes from its checkpoint {ck.name}"
+    else:
+        note = f"stage {where} stopped before its first checkpoint; the next run starts it again from step 0"
+    return Interrupted(signum, note)
+
+
+def clear_stage(sd: StageDir) -> None:
+    """Remove a stage's previous outputs (not its lock) before a fresh start."""
+    if not sd.path.exists():
+        return
+    for child in sd.path.iterdir():
+        if child.name == ".lock":
+            continue
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_json(path, obj)

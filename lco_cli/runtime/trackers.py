@@ -1,0 +1,46 @@
+"""Experiment trackers (`logging.report_to`): every metrics row also goes to TensorBoard and/or
+Weights & Biases through accelerate's tracker classes, on the main process only."""
+from __future__ import annotations
+
+from lco_cli.errors import ConfigError
+from lco_cli.runtime.rundir import StageDir
+
+
+def _numeric(row: dict) -> dict:
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+
+
+def open_trackers(sd: StageDir, report_to: list[str], run_name: str, config: dict) -> list:
+    """Start the trackers and route `sd.metrics` rows to them; returns them for `close_trackers`.
+
+    TensorBoard writes event files under `<stage>/tensorboard/`; wandb follows its own environment
+    (WANDB_MODE=offline works without a network)."""
+    trackers = []
+    for name in report_to:
+        try:
+            if name == "tensorboard":
+                from accelerate.tracking import TensorBoardTracker
+
+                tracker = TensorBoardTracker(run_name=sd.name, logging_dir=str(sd.path / "tensorboard"))
+            else:
+                from accelerate.tracking import WandBTracker
+
+                tracker = WandBTracker(run_name=f"{run_name}/{sd.name}", dir=str(sd.path))
+        except ImportError as exc:
+            raise ConfigError(f"logging.report_to: '{name}' needs its package ({exc.name}): pip install {name}") from None
+        tracker.start()
+        tracker.store_init_configuration(config)
+        trackers.append(tracker)
+
+    def log(row: dict) -> None:
+        for tracker in trackers:
+            tracker.log(_numeric(row), step=row.get("step"))
+
+    if trackers:
+        sd.metrics.on_append.append(log)
+    return trackers
+
+
+def close_trackers(trackers: list) -> None:
+    for tracker in trackers:
+        tracker.finish()
