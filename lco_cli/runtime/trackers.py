@@ -26,9 +26,9 @@ def open_trackers(sd: StageDir, report_to: list[str], run_name: str, config: dic
                 from accelerate.tracking import WandBTracker
 
                 tracker = WandBTracker(run_name=f"{run_name}/{sd.name}", dir=str(sd.path))
+            tracker.start()  # accelerate imports the tracker's package here
         except ImportError as exc:
             raise ConfigError(f"logging.report_to: '{name}' needs its package ({exc.name}): pip install {name}") from None
-        tracker.start()
         tracker.store_init_configuration(config)
         trackers.append(tracker)
 
