@@ -36,8 +36,25 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_ready
 from typing import Callable, Sequence
 
-from math_verify import parse, verify
-from math_verify.errors import TimeoutException
+
+# math-verify (and sympy under it) load on first use: `lco validate` and `lco --help` never need them.
+def parse(*args, **kwargs):
+    from math_verify import parse as math_verify_parse
+
+    return math_verify_parse(*args, **kwargs)
+
+
+def verify(*args, **kwargs):
+    from math_verify import verify as math_verify_verify
+
+    return math_verify_verify(*args, **kwargs)
+
+
+def timeout_exception() -> type[BaseException]:
+    from math_verify.errors import TimeoutException
+
+    return TimeoutException
+
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +231,7 @@ def _worker_entry(fd: int) -> None:
         try:
             extracted, correct = check_fn(gold, prediction, timeout)
             result = (None if extracted is None else str(extracted), bool(correct))
-        except (Exception, TimeoutException):  # a broken check is wrong, not a dead worker
+        except (Exception, timeout_exception()):  # a broken check is wrong, not a dead worker
             result = (None, False)
         conn.send((index, result))
 
@@ -447,7 +464,7 @@ def _check_in_process(golds, predictions, timeout: float) -> list[Result]:
     for gold, prediction in zip(golds, predictions):
         try:
             results.append(check_answer(gold, prediction, timeout))
-        except (Exception, TimeoutException):  # an alarm landing between math-verify stages
+        except (Exception, timeout_exception()):  # an alarm landing between math-verify stages
             results.append((extract_boxed(str(prediction)), False))
     return results
 
