@@ -35,9 +35,7 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
         sec = getattr(p, stage)
         if sec.batch_size % sec.micro_batch_size and sec.micro_batch_size < sec.batch_size:
             errors.append(f"{stage}.micro_batch_size: must divide {stage}.batch_size ({sec.batch_size})")
-    for name in p.eval.data:
-        if name not in BENCHMARK_NAMES:
-            errors.append(f"eval.data.{name}: unknown benchmark (known: {', '.join(BENCHMARK_NAMES)})")
+    errors.extend(eval_errors(p))
     if t.algo != "lco":
         errors.extend(_algo_args_errors(t.algo, t.algo_args))
         gs = t.algo_args.get("group_size")
@@ -46,6 +44,19 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
                           f"({t.samples_per_prompt}); leave it out, it follows samples_per_prompt")
     elif t.algo_args:
         errors.append("train.algo_args: only for the baseline algorithms (train.algo is 'lco')")
+
+
+def eval_errors(p: Preset) -> list[str]:
+    """Eval-only cross checks: data files name known benchmarks; each benchmark's own needs
+    (models, optional extras) come from the benchmark itself (`Benchmark.config_errors`)."""
+    from lco_cli.evals.benchmarks import get_benchmark
+
+    errors = [f"eval.data.{name}: unknown benchmark (known: {', '.join(BENCHMARK_NAMES)})"
+              for name in p.eval.data if name not in BENCHMARK_NAMES]
+    for name in p.eval.benchmarks:
+        if name != "arith":
+            errors.extend(get_benchmark(name).config_errors(p.eval))
+    return errors
 
 
 def _algo_args_errors(algo: str, args: dict) -> list[str]:
