@@ -265,7 +265,6 @@ class EvalConfig:
     judge: JudgeConfig = F(doc="AlpacaEval 2.0 judge endpoint.", factory=JudgeConfig)
     reward_models: dict[str, str] = F(doc="Sequence-classification reward models for the `reward` benchmark: {name: path or hub id}.", factory=dict)
     qa_feedback: QAFeedbackConfig = F(doc="The `qa_feedback` benchmark's reward models.", factory=QAFeedbackConfig)
-    mmlu_fewshot: int = F(0, doc="Few-shot examples for mmlu / mmlu_redux (lm-evaluation-harness default: 0).", ge=0)
 
 
 @dataclass

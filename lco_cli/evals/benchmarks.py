@@ -181,8 +181,8 @@ BENCHMARKS: dict[str, Benchmark] = {}
 
 #: Modules whose import registers the benchmarks beyond math (imported on first registry use, so
 #: that `import lco_cli.evals.benchmarks` stays light and import cycles cannot form).
-BUILTIN_MODULES = ("lco_cli.evals.alpacaeval", "lco_cli.evals.reward_models",
-                   )
+BUILTIN_MODULES = ("lco_cli.evals.alpacaeval", "lco_cli.evals.reward_models", "lco_cli.evals.qa_feedback",
+                   "lco_cli.evals.mmlu")
 
 
 def load_builtin_benchmarks() -> None:
