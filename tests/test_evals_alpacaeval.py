@@ -150,3 +150,13 @@ def test_lc_win_rate_agrees_with_alpaca_eval(tmp_path, monkeypatch):
     # Same data, same design matrix and the same seeded fit: equal up to float summation order.
     assert ours[0] == pytest.approx(theirs["length_controlled_winrate"], abs=1e-9)
     assert ours[1] == pytest.approx(theirs["lc_standard_error"], abs=1e-9)
+
+
+def test_wrong_endpoint_path_fails_at_once(alpaca_files, runner):
+    """A 404 (wrong base_url) is not retried: one request, one message naming the URL."""
+    with JudgeServer() as server:
+        args = eval_args(server, "eval.limit=2", "eval.judge.concurrency=1")
+        args = [a if not a.startswith("eval.judge.base_url=") else f"eval.judge.base_url={server.base_url}/wrong" for a in args]
+        res = invoke(runner, *args)
+    assert res.exit_code == 1 and len(server.requests) == 1
+    assert f"judge {server.base_url}/wrong/chat/completions: HTTP 404" in res.output and "not retried" in res.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import yaml
 
 from conftest import invoke
@@ -62,3 +63,15 @@ def test_default_table_and_report_show_reward_metrics(workdir, runner):
     report = (workdir / "run/report/report.md").read_text()
     assert "reward reward/a" in report and re.search(r"\| sft \| 40\.0 ± 2\.0 \| 1\.234", report)
     assert (workdir / "run/report/eval.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_aggregate_seeds_keeps_metrics_apart():
+    from lco_cli.recipes.compare import aggregate_seeds
+
+    per_seed = {0: [row("train", "alpacaeval", "win_rate", 0.2, 0.01), row("train", "alpacaeval", "lc_win_rate", 0.3, 0.01)],
+                1: [row("train", "alpacaeval", "win_rate", 0.4, 0.01), row("train", "alpacaeval", "lc_win_rate", 0.5, 0.01)]}
+    out = {r["metric"]: r for r in aggregate_seeds(per_seed)["results"]}
+    assert set(out) == {"win_rate", "lc_win_rate"}
+    # mean and sample std (n-1) of two values: (a+b)/2 and |a-b|/sqrt(2); 1e-12: float rounding only
+    assert out["win_rate"]["mean"] == pytest.approx(0.3, abs=1e-12) and out["win_rate"]["std"] == pytest.approx(0.2 / 2 ** 0.5, abs=1e-12)
+    assert out["lc_win_rate"]["mean"] == pytest.approx(0.4, abs=1e-12) and out["lc_win_rate"]["n_seeds"] == 2

@@ -113,6 +113,12 @@ def length_controlled_win_rate(prefs: list[float], reference: list[str], outputs
     delta = pd.Series([len(r) - len(o) for r, o in zip(reference, outputs)], dtype=float)
     df = pd.DataFrame({"preference": pd.Series(prefs, dtype=float).replace({0.0: 1.5}) - 1, "index": indices})
     df["std_delta_len"] = delta / delta.std()
+    unknown = sorted(set(indices) - set(difficulty.index))
+    if unknown:
+        raise ConfigError(f"eval.judge.lc_data: no instruction difficulty for AlpacaEval index {unknown[0]} "
+                          "(the `index` of an instruction must be its position among the 805)")
+    if len(indices) < 2:
+        raise ConfigError("eval.limit: the length-controlled win rate needs at least 2 judged instructions")
     df["instruction_difficulty"] = [difficulty[i] for i in indices]
     df["not_gamed_baseline"] = True
     test = df[["instruction_difficulty", "not_gamed_baseline"]].copy()

@@ -129,6 +129,23 @@ def results_table(results_by_run: dict[str, list[dict]], stderr_label: str = "st
     return ResultsTable(rows)
 
 
+def aggregate_seeds(per_seed: dict[int, list[dict]]) -> dict:
+    """Mean ± std (sample std, n-1) across seeds of each policy × benchmark × metric — the
+    multi-seed `aggregate.json`. Keyed by metric too: AlpacaEval's WR and LC-WR, or the reward
+    models of one benchmark, must not be averaged together."""
+    cells: dict[tuple[str, str, str], list[float]] = {}
+    for results in per_seed.values():
+        for r in results:
+            cells.setdefault((r["policy"], r["benchmark"], metric_of(r)), []).append(r["mean"])
+    out = []
+    for (pol, bench, metric), vals in cells.items():
+        m = sum(vals) / len(vals)
+        sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+        out.append({"policy": pol, "benchmark": bench, "metric": metric, "mean": m, "std": sd, "n_seeds": len(vals),
+                    "per_seed": vals})
+    return {"seeds": sorted(per_seed), "results": out}
+
+
 def load_run_results(run_dir: Path) -> list[dict]:
     """aggregate.json (multi-seed: mean ± std across seeds) or eval/results.json (mean ± stderr)."""
     agg = run_dir / "aggregate.json"
