@@ -110,7 +110,7 @@ class HarnessBenchmark(Benchmark):
         if job.policy.model_ref is None:
             raise ConfigError(f"eval.policies: {job.policy.name} has no model folder; {self.name} runs on a "
                               "saved model (use a stage name, a path or a hub id)")
-        _, template_path = template(self.name)
+        task_config, template_path = template(self.name)
         metric = TEMPLATES[self.name][2]
         with tempfile.TemporaryDirectory() as tmp:
             if job.data_path is None:
@@ -129,7 +129,8 @@ class HarnessBenchmark(Benchmark):
         mean, se = mean_and_stderr([s["correct"] for s in samples])
         return [{"policy": job.policy.name, "benchmark": self.name, "metric": "accuracy", "mean": mean, "stderr": se,
                  "n_problems": len(samples), "harness": f"lm-eval {lm_eval.__version__}", "task_template": template_path,
-                 "harness_metric": metric, "num_fewshot": 0}]
+                 "harness_metric": metric, "num_fewshot": 0, "task_config": task_config,
+                 "max_gen_toks": job.settings.max_new_tokens if "generation_kwargs" in task_config else None}]
 
 
 register(HarnessBenchmark("mmlu"))
