@@ -34,7 +34,7 @@ from pathlib import Path
 from lco_cli.errors import ConfigError, MissingArtifactError
 from lco_cli.evals.benchmarks import Benchmark, load_rows, register
 from lco_cli.evals.job import EvalJob, Prompted, generate_responses, write_samples
-from lco_cli.evals.judge import CACHE_FILE, JudgeClient, JudgmentCache, judge_all, read_api_key
+from lco_cli.evals.judge import CACHE_FILE, JudgeClient, JudgeError, JudgmentCache, judge_all, read_api_key
 
 HUB_ID = "tatsu-lab/alpaca_eval"
 HUB_FILE = "alpaca_eval_gpt4_baseline.json"
@@ -193,8 +193,8 @@ class AlpacaEvalBenchmark(Benchmark):
 
         judged = [(it, out, p) for it, out, p in zip(items, outputs, prefs) if not math.isnan(p)]
         if not judged:
-            raise MissingArtifactError("alpacaeval: the judge answered no pair with log-probabilities for m / M "
-                                       f"(check that {job.settings.judge.base_url} supports logprobs)")
+            raise JudgeError("alpacaeval: the judge answered no pair with log-probabilities for m / M "
+                             f"(check that {job.settings.judge.base_url} supports logprobs)")
         wr = get_winrate([{"preference": p} for _, _, p in judged])
         lc, lc_se = length_controlled_win_rate([p for *_, p in judged], [it.fields["reference"] for it, _, _ in judged],
                                                [out for _, out, _ in judged], [it.fields["index"] for it, _, _ in judged],
