@@ -126,7 +126,7 @@ def test_registry_lists_builtins_and_extends(monkeypatch):
     with pytest.raises(ValueError, match="already registered"):
         register(Toy())
     assert register(Toy(), overwrite=True) is get_benchmark("toy")
-    with pytest.raises(KeyError, match="amc23, math500, minerva, toy"):
+    with pytest.raises(KeyError, match="alpacaeval, amc23, math500, minerva, mmlu, mmlu_redux, qa_feedback, reward, toy"):
         get_benchmark("gsm9k")
 
 

@@ -128,8 +128,8 @@ def test_compare_json_schema_and_markdown(copy_run, runner, workdir):
     rows = json.loads(res.output)["rows"]
     assert len(rows) == 4
     for r in rows:
-        assert set(r) == {"run", "policy", "benchmark", "mean", "err", "err_kind", "n_problems", "k", "n_seeds"}
-        assert r["err_kind"] == "stderr"
+        assert set(r) == {"run", "policy", "benchmark", "metric", "mean", "err", "err_kind", "n_problems", "k", "n_seeds"}
+        assert r["err_kind"] == "stderr" and r["metric"] == "pass@1"
     md = invoke(runner, "compare", "run", "--markdown").output
     assert md.splitlines()[2] == "| policy | arith |"
     assert invoke(runner, "compare", "nope").exit_code == 3

@@ -1,168 +1,18 @@
-"""`lco eval`: every policy in `eval.policies` on every benchmark in `eval.benchmarks`.
-
-pass@1 = mean over problems of the fraction of the k samples that are correct; stderr = sample
-standard deviation of those per-problem fractions / sqrt(n_problems) (DESIGN §3). Every
-generation is kept in `eval/samples/<policy>/<benchmark>.jsonl` with its extracted answer and
-verdict. A (policy, benchmark) pair that finished is not recomputed when an interrupted eval resumes.
-"""
+"""`lco eval`: every policy on every benchmark into RUN_DIR/eval/ (see recipes/eval.py)."""
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import click
-import torch
 
-from lco_cli.runtime import models
-from lco_cli.evals.benchmarks import Problem, get_benchmark
-from lco_cli.engines.composite import CompositeEngine, pi_star_logits
-from lco_cli.errors import MissingArtifactError
-from lco_cli.engines.generation import HFEngine, encode_prompts
-from lco_cli.rl.advantage_sources import read_rm_meta, reference_of
-from lco_cli.runtime.rundir import atomic_write_json, atomic_write_text
-from lco_cli.tasks import get_task
-from lco_cli.runtime.training import stage_run
-from lco_cli.commands.common import Context, resolve, stage_options
+from lco_cli.commands.common import resolve, stage_options
+from lco_cli.recipes.compare import results_table
+from lco_cli.recipes.eval import run_eval
+
+__all__ = ["command", "run_eval"]
 
 
-@dataclass
-class Policy:
-    name: str
-    engine: object
-    tokenizer: object
-
-
-class ArithBenchmark:
-    """The tiny task's held-out split with its exact verifier."""
-
-    name = "arith"
-
-    def __init__(self, task):
-        self.task = task
-
-    def load(self, path=None, limit=None) -> list[Problem]:
-        items = self.task.test[:limit] if limit else self.task.test
-        return [Problem(e.id, e.prompt, e.answer) for e in items]
-
-    def prompt(self, problem: Problem, tokenizer) -> str:
-        return problem.question
-
-    def check(self, problems, generations, timeout=5.0, workers=None):
-        by_id = {e.id: e for e in self.task.test}
-        return [self.task.check(by_id[p.id], g) for p, g in zip(problems, generations)]
-
-
-def benchmark_for(name: str, ctx: Context):
-    if name == "arith":
-        return ArithBenchmark(get_task(ctx.preset.task, ctx.preset.seed))
-    return get_benchmark(name)
-
-
-def load_problems(bench, name: str, ctx: Context) -> list[Problem]:
-    path = ctx.preset.eval.data.get(name)
-    try:
-        return bench.load(path=path, limit=ctx.preset.eval.limit)
-    except FileNotFoundError as exc:
-        raise MissingArtifactError(f"eval.data.{name}: {exc}") from None
-    except ValueError as exc:
-        raise MissingArtifactError(f"eval.data.{name}: {exc}") from None
-
-
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_policy(name: str, ctx: Context) -> Policy:
-    """A stage name, 'base', 'rm' (φ_DPO decoded as a policy), 'pi_star', a path or a hub id."""
-    p, cfg = ctx.preset, ctx.preset.eval
-    if name == "pi_star":
-        return load_pi_star(ctx)
-    ref = models.resolve_model_ref(name, ctx.run, p)
-    tok = models.load_tokenizer(ref, p.model)
-    model = models.load_model(ref, p.model, trainable=False).to(device())
-    return Policy(name, HFEngine(model, tok, cfg.batch_size), tok)
-
-
-def load_pi_star(ctx: Context) -> Policy:
-    """π* = softmax(z_sft + (log φ_DPO − log φ_ref)/β) with β = train.beta (eq. 6)."""
-    p = ctx.preset
-    sft_dir = models.resolve_model_ref("sft", ctx.run, p)
-    rm_dir = models.resolve_model_ref("rm", ctx.run, p)
-    ref_dir = reference_of(rm_dir, read_rm_meta(rm_dir))
-    tok = models.load_tokenizer(sft_dir, p.model)
-    rm_tok = models.load_tokenizer(rm_dir, p.model)
-    models.check_same_vocab(tok, rm_tok, sft_dir, rm_dir)
-    loaded = [models.load_model(d, p.model, trainable=False).to(device()) for d in (sft_dir, rm_dir, ref_dir)]
-    beta = p.train.beta
-    engine = CompositeEngine(loaded, lambda z: pi_star_logits(z[0], z[1], z[2], beta), tok, p.eval.batch_size)
-    return Policy("pi_star", engine, tok)
-
-
-def summarize(policy: str, benchmark: str, verdicts: list[list[bool]], k: int) -> dict:
-    fractions = [sum(v) / len(v) for v in verdicts]
-    n = len(fractions)
-    mean = sum(fractions) / n if n else 0.0
-    var = sum((f - mean) ** 2 for f in fractions) / (n - 1) if n > 1 else 0.0
-    return {"policy": policy, "benchmark": benchmark, "metric": "pass@1", "mean": mean,
-            "stderr": math.sqrt(var) / math.sqrt(n) if n else 0.0, "n_problems": n, "k": k}
-
-
-def evaluate_pair(pol: Policy, bench, name: str, ctx: Context, out_dir: Path) -> dict:
-    cfg = ctx.preset.eval
-    problems = load_problems(bench, name, ctx)
-    prompts = [bench.prompt(pr, pol.tokenizer) for pr in problems]
-    torch.manual_seed(ctx.preset.seed)
-    roll = pol.engine.generate(encode_prompts(pol.tokenizer, prompts), cfg.samples, temperature=cfg.temperature,
-                               top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    expanded = [problems[g] for g in roll.group]
-    checks = bench.check(expanded, roll.texts, timeout=cfg.verify_timeout)
-    verdicts: list[list[bool]] = [[] for _ in problems]
-    lines = []
-    for j, (g, text, (extracted, ok)) in enumerate(zip(roll.group, roll.texts, checks)):
-        verdicts[g].append(bool(ok))
-        pr = problems[g]
-        lines.append(json.dumps({"id": pr.id, "sample": j % cfg.samples, "prompt": prompts[g], "generation": text,
-                                 "extracted": extracted, "answer": pr.answer, "correct": bool(ok),
-                                 "truncated": roll.truncated[j]}))
-    atomic_write_text(out_dir / f"{name}.jsonl", "\n".join(lines) + "\n")
-    result = summarize(pol.name, name, verdicts, cfg.samples)
-    atomic_write_json(out_dir / f"{name}.summary.json", result)
-    return result
-
-
-def run_eval(ctx: Context) -> dict:
-    cfg = ctx.preset.eval
-    with stage_run(ctx.run, ctx.preset_name, ctx.preset, "eval") as sd:
-        benches = {name: benchmark_for(name, ctx) for name in cfg.benchmarks}
-        results = []
-        for pol_name in cfg.policies:
-            out_dir = sd.path / "samples" / _safe(pol_name)
-            todo = [b for b in cfg.benchmarks if not (sd.resume and (out_dir / f"{b}.summary.json").exists())]
-            results += [json.loads((out_dir / f"{b}.summary.json").read_text()) for b in cfg.benchmarks if b not in todo]
-            if not todo:
-                continue
-            pol = load_policy(pol_name, ctx)
-            for b in todo:
-                res = evaluate_pair(pol, benches[b], b, ctx, out_dir)
-                results.append(res)
-                click.echo(f"eval: {pol_name:>10s} {b:<8s} pass@1 {res['mean']:.3f} ± {res['stderr']:.3f} "
-                           f"(n={res['n_problems']}, k={res['k']})", err=True)
-            del pol
-        order = {(p, b): i for i, (p, b) in enumerate((p, b) for p in cfg.policies for b in cfg.benchmarks)}
-        results.sort(key=lambda r: order.get((r["policy"], r["benchmark"]), 0))
-        payload = {"results": results}
-        atomic_write_json(sd.path / "results.json", payload)
-        return payload
-
-
-def _safe(name: str) -> str:
-    """A policy given as a path becomes a folder-safe name."""
-    return name.strip("/").replace("/", "__") or "policy"
-
-
-@click.command(help="Evaluate policies on benchmarks into RUN_DIR/eval/ (pass@1 ± stderr).")
+@click.command(help="Evaluate policies on benchmarks into RUN_DIR/eval/ (pass@1, win rates, rewards, accuracy).")
 @stage_options
 @click.option("--json", "as_json", is_flag=True, help="Print results.json on stdout.")
 def command(args, run_dir, as_json):
@@ -171,6 +21,4 @@ def command(args, run_dir, as_json):
     if as_json:
         click.echo(json.dumps(payload, indent=2))
     else:
-        from lco_cli.commands.compare import results_table
-
         results_table({ctx.run.path.name: payload["results"]}, stderr_label="stderr").print()

@@ -51,6 +51,6 @@ def command(args, run_dir, stages, force, seeds, as_json):
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif summary["results"]:
-        from lco_cli.commands.compare import results_table
+        from lco_cli.recipes.compare import results_table
 
         results_table({Path(ctx.run.path).name: summary["results"]}).print()

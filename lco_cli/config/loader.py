@@ -31,9 +31,7 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
         sec = getattr(p, stage)
         if sec.batch_size % sec.micro_batch_size and sec.micro_batch_size < sec.batch_size:
             errors.append(f"{stage}.micro_batch_size: must divide {stage}.batch_size ({sec.batch_size})")
-    for name in p.eval.data:
-        if name not in BENCHMARK_NAMES:
-            errors.append(f"eval.data.{name}: unknown benchmark (known: {', '.join(BENCHMARK_NAMES)})")
+    errors.extend(eval_errors(p))
     from lco_cli.rl.registry import get_algo  # the algorithms validate their own settings
 
     errors.extend(get_algo(t.algo).check(t))
@@ -66,6 +64,19 @@ def size_bound_errors(p: Preset) -> list[str]:
             elif k == "lr" and isinstance(v, float) and v > MAX_LR:
                 out.append(f"{key}: {v:g} is beyond any sane learning rate (at most {MAX_LR:g})")
     return sorted(out)
+
+
+def eval_errors(p: Preset) -> list[str]:
+    """Eval-only cross checks: data files name known benchmarks; each benchmark's own needs
+    (models, optional extras) come from the benchmark itself (`Benchmark.config_errors`)."""
+    from lco_cli.evals.benchmarks import get_benchmark
+
+    errors = [f"eval.data.{name}: unknown benchmark (known: {', '.join(BENCHMARK_NAMES)})"
+              for name in p.eval.data if name not in BENCHMARK_NAMES]
+    for name in p.eval.benchmarks:
+        if name != "arith":
+            errors.extend(get_benchmark(name).config_errors(p.eval))
+    return errors
 
 
 def task_checks(p: Preset, errors: list[str]) -> None:

@@ -19,7 +19,32 @@ def algo_names() -> tuple[str, ...]:
     from lco_cli.rl.registry import algorithms
 
     return tuple(algorithms())
-BENCHMARK_NAMES = ("arith", "math500", "amc23", "minerva")
+
+
+class RegisteredBenchmarks:
+    """The benchmark names `eval.benchmarks` accepts: `arith` (the task's held-out split) plus every
+    benchmark in the registry (`lco_cli.evals.benchmarks`), read lazily on first use so that
+    importing the schema never imports the evaluation code."""
+
+    def _names(self) -> tuple[str, ...]:
+        from lco_cli.evals.benchmarks import benchmark_names
+
+        return ("arith", *benchmark_names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+BENCHMARK_NAMES = RegisteredBenchmarks()
 DEFAULT_PRESET = "tiny"
 
 
@@ -214,12 +239,38 @@ class TrainConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """The OpenAI-compatible chat-completions endpoint that judges AlpacaEval 2.0 pairs."""
+
+    base_url: str = F("https://api.openai.com/v1", doc="Endpoint root; requests go to <base_url>/chat/completions.")
+    model: str = F("gpt-4o-2024-11-20", doc="Judge model (paper: GPT-4o, gpt-4o-2024-11-20).")
+    api_key_env: str = F("OPENAI_API_KEY", doc="Name of the environment variable holding the API key (the key itself is never written).")
+    concurrency: int = F(8, doc="Judge requests in flight at once.", gt=0)
+    max_retries: int = F(3, doc="Retries of a failed request (HTTP 429/5xx, timeout, connection error).", ge=0)
+    backoff: float = F(2.0, doc="Seconds before the first retry; doubles each retry.", ge=0)
+    timeout: float = F(60.0, doc="Seconds per request before it counts as failed.", gt=0)
+    lc_data: str = F("tatsu-lab/alpaca_eval", doc="df_gamed.csv for the length-controlled win rate: hub dataset id or a local file.")
+
+
+@dataclass
+class QAFeedbackConfig:
+    """Wu et al. (2023)'s three fine-grained reward models for the `qa_feedback` benchmark."""
+
+    relevance_model: Optional[str] = F(None, doc="Token classifier scoring sub-sentences (path or hub id).")
+    factuality_model: Optional[str] = F(None, doc="Token classifier scoring sentences (path or hub id).")
+    completeness_model: Optional[str] = F(None, doc="Sequence regressor scoring the whole response (path or hub id).")
+    sep: str = F("</s>", doc="Separator token placed before each (sub-)sentence, as in their code.")
+    batch_size: int = F(16, doc="Responses per reward-model forward pass.", gt=0)
+
+
+@dataclass
 class EvalConfig:
-    """Benchmark evaluation: pass@1 ± stderr over k samples per problem."""
+    """Benchmark evaluation: pass@1 ± stderr over k samples per problem (math), AlpacaEval 2.0 win
+    rates, reward-model scores, MMLU accuracy (docs/evaluations.md)."""
 
     policies: list[str] = F(doc="Stage names, 'base', 'pi_star', 'rm', paths or hub ids.", factory=lambda: ["sft", "train"])
     benchmarks: list[str] = F(doc="Benchmark names.", factory=lambda: ["arith"], choices=BENCHMARK_NAMES)
-    samples: int = F(4, doc="k samples per problem.", ge=1)
+    samples: int = F(4, doc="k samples per problem (pass@1 benchmarks; the others take one response per prompt).", ge=1)
     temperature: float = F(0.6, doc="Sampling temperature (0 = greedy; paper: 0.6).", ge=0)
     top_p: float = F(0.95, doc="Nucleus sampling (paper: 0.95).", gt=0, le=1)
     max_new_tokens: int = F(16, doc="Generation length cap.", gt=0)
@@ -227,6 +278,9 @@ class EvalConfig:
     limit: Optional[int] = F(None, doc="Evaluate at most this many problems per benchmark.", gt=0)
     data: dict[str, str] = F(doc="Local files per benchmark name (same schema as the hub dataset).", factory=dict)
     verify_timeout: float = F(5.0, doc="Seconds per answer check before it counts as wrong.", gt=0)
+    judge: JudgeConfig = F(doc="AlpacaEval 2.0 judge endpoint.", factory=JudgeConfig)
+    reward_models: dict[str, str] = F(doc="Sequence-classification reward models for the `reward` benchmark: {name: path or hub id}.", factory=dict)
+    qa_feedback: QAFeedbackConfig = F(doc="The `qa_feedback` benchmark's reward models.", factory=QAFeedbackConfig)
 
 
 @dataclass

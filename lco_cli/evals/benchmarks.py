@@ -3,10 +3,17 @@
 Built in: `math500`, `amc23` and `minerva`, each loaded from its hub dataset by default or from a
 local JSONL / JSON / parquet file (or directory of them) with the same fields.
 
+Also built in, each in its own module registered on first use of the registry (docs/evaluations.md):
+`alpacaeval` (AlpacaEval 2.0 WR / LC-WR through a judge endpoint), `reward` (sequence-classification
+reward models, `eval.reward_models`), `qa_feedback` (Wu et al.'s fine-grained rewards), `mmlu` and
+`mmlu_redux` (lm-evaluation-harness).
+
 Extension point: any module can add a benchmark with `register(MyBenchmark())`, where
 `MyBenchmark` subclasses `Benchmark` (sets `name`, implements `load`, and overrides `prompt` /
-`check` if the defaults -- chain-of-thought prompt, math-verify checking -- do not fit). This
-module imports no task code; the module that defines a benchmark registers it when imported.
+`check` if the defaults -- chain-of-thought prompt, math-verify checking -- do not fit). A benchmark
+that is not scored pass@1 implements `evaluate(job) -> list[result rows]` instead (see
+`lco_cli.evals.job`). This module imports no task code; the module that defines a benchmark
+registers it when imported.
 """
 from __future__ import annotations
 
@@ -53,6 +60,11 @@ class Benchmark:
         """The first `limit` problems, from `path` (a local file) or the default source."""
         raise NotImplementedError
 
+    def config_errors(self, eval_cfg: Any) -> list[str]:
+        """Problems with the `eval` section for this benchmark (models, optional extras), for
+        `lco validate` and the preset loader; none by default."""
+        return []
+
     def prompt(self, problem: Problem, tokenizer: Any) -> str:
         """The text fed to the model for `problem`."""
         return cot_prompt(problem.question, tokenizer)
@@ -86,7 +98,7 @@ class HubBenchmark(Benchmark):
 
     def load(self, path: str | None = None, limit: int | None = None) -> list[Problem]:
         source = str(path) if path is not None else f"{self.hub_id} (split {self.split})"
-        rows = _load_local(path) if path is not None else _load_hub(self.hub_id, self.split)
+        rows = load_rows(path) if path is not None else _load_hub(self.hub_id, self.split)
         for field in (self.question_field, self.answer_field):
             if field not in rows.column_names:
                 raise ValueError(
@@ -153,7 +165,8 @@ def _local_data_files(path: str | Path) -> tuple[str, list[str]]:
     return builders.pop(), [str(f) for f in files]
 
 
-def _load_local(path: str | Path):
+def load_rows(path: str | Path):
+    """A local JSONL / JSON / parquet file (or a directory of them) as a `datasets.Dataset`."""
     import datasets  # heavy; only needed when loading
 
     builder, files = _local_data_files(path)
@@ -165,6 +178,24 @@ def _load_local(path: str | Path):
 # --------------------------------------------------------------------------------------------
 
 BENCHMARKS: dict[str, Benchmark] = {}
+
+#: Modules whose import registers the benchmarks beyond math (imported on first registry use, so
+#: that `import lco_cli.evals.benchmarks` stays light and import cycles cannot form).
+BUILTIN_MODULES = ("lco_cli.evals.alpacaeval", "lco_cli.evals.reward_models", "lco_cli.evals.qa_feedback",
+                   "lco_cli.evals.mmlu")
+
+
+def load_builtin_benchmarks() -> None:
+    import importlib
+
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def benchmark_names() -> tuple[str, ...]:
+    """Every registered benchmark name, the built-in ones included."""
+    load_builtin_benchmarks()
+    return tuple(BENCHMARKS)
 
 
 def register(bench: Benchmark, *, overwrite: bool = False) -> Benchmark:
@@ -187,6 +218,7 @@ def register(bench: Benchmark, *, overwrite: bool = False) -> Benchmark:
 
 def get_benchmark(name: str) -> Benchmark:
     """The registered benchmark `name`; KeyError listing the known names otherwise."""
+    load_builtin_benchmarks()
     try:
         return BENCHMARKS[name]
     except KeyError:

@@ -10,18 +10,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import time
 
 import click
 
 from lco_cli.commands.common import Context
+from lco_cli.recipes.compare import aggregate_seeds
 from lco_cli.runtime.rundir import RunDir, atomic_write_json
 from lco_cli.runtime.stage import changed_upstream, plan_stage, stage_config_hash, upstream_fingerprint, upstream_stages
 
 
 def _runner(stage: str):
-    from lco_cli.commands import eval as eval_cmd
+    from lco_cli.recipes import eval as eval_cmd
     from lco_cli.recipes import rm, sft, train
 
     return {"sft": sft.run_sft, "rm": rm.run_rm, "train": train.run_train, "eval": eval_cmd.run_eval}[stage]
@@ -99,21 +99,6 @@ def run_seeds(ctx: Context, stages: list[str], force: set[str], seeds: list[int]
                       RunDir(ctx.run.path / f"seed-{s}"), ctx.overrides)
         runs[s] = run_pipeline(sub, stages, force)
         per_seed[s] = runs[s]["results"]
-    agg = aggregate(per_seed)
+    agg = aggregate_seeds(per_seed)
     atomic_write_json(ctx.run.path / "aggregate.json", agg)
     return {"run_dir": str(ctx.run.path), "seeds": runs, "results": agg["results"]}
-
-
-def aggregate(per_seed: dict[int, list[dict]]) -> dict:
-    """Mean ± std (sample std, n-1) across seeds of each policy × benchmark pass@1."""
-    cells: dict[tuple[str, str], list[float]] = {}
-    for results in per_seed.values():
-        for r in results:
-            cells.setdefault((r["policy"], r["benchmark"]), []).append(r["mean"])
-    out = []
-    for (pol, bench), vals in cells.items():
-        m = sum(vals) / len(vals)
-        sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-        out.append({"policy": pol, "benchmark": bench, "metric": "pass@1", "mean": m, "std": sd, "n_seeds": len(vals),
-                    "per_seed": vals})
-    return {"seeds": sorted(per_seed), "results": out}
