@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 import yaml
-from conftest import FAST, invoke
+from conftest import FAST, invoke, write_pairs
 
 from lco_cli.config import TaskConfig, bundled_presets, from_dict
 from lco_cli.errors import ConfigError
@@ -160,6 +160,7 @@ def test_prompts_task_rejects_verifier_reward_self_pairs_and_missing_demos(runne
                  "rm.pairs.source: task 'prompts' has no verifier; use rm.pairs.source: file or hub",
                  "sft.data.source: task 'prompts' has no reference responses"):
         assert line in res.output
+    write_pairs(workdir / "pairs.jsonl")  # validate checks that the files a preset names exist
     ok = validate(runner, workdir, {**FAST, "task": {"name": "prompts", "source": "prompts.jsonl", "response_field": "output"}},
                   "train.reward=rm", "rm.pairs.source=file", "rm.pairs.path=pairs.jsonl")
     assert ok.exit_code == 0, ok.output
