@@ -154,6 +154,7 @@ def validate(runner, workdir, data: dict, *overrides):
 
 
 def test_prompts_task_rejects_verifier_reward_self_pairs_and_missing_demos(runner, workdir):
+    (workdir / "prompts.jsonl").write_text('{"instruction": "Say hi.", "output": "hi"}\n')  # validate checks it exists
     res = validate(runner, workdir, {**FAST, "task": {"name": "prompts", "source": "prompts.jsonl", "n_test": 2}})
     assert res.exit_code == 2
     for line in ("train.reward: task 'prompts' has no verifier; use train.reward: rm",
@@ -190,6 +191,7 @@ def test_empty_sampler_list_is_an_error():
 
 def test_small_generation_caps_warn_but_validate(runner, workdir, caplog):
     caplog.set_level(logging.WARNING, logger="lco_cli.tasks")
+    (workdir / "m.jsonl").write_text('{"problem": "1+1?", "solution": "\\\\boxed{2}"}\n')  # validate checks it exists
     res = validate(runner, workdir, {**FAST, "task": {"name": "math", "source": "m.jsonl"}})
     assert res.exit_code == 0, res.output
     warned = [r.getMessage() for r in caplog.records]

@@ -20,7 +20,8 @@ DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
 def _is_symbolic(ref: str) -> bool:
-    return ref in SYMBOLIC or ref == "tiny" or ref.startswith(("tiny:", "random:"))
+    """Stage names and the built-in model/data specs (`tiny`, `tiny-math`, `random:<arch>`)."""
+    return ref in SYMBOLIC or ref in ("tiny", "tiny-math") or ref.startswith(("tiny:", "tiny-math:", "random:"))
 
 
 def model_refs(preset, sections) -> list[tuple[str, str]]:
@@ -29,7 +30,9 @@ def model_refs(preset, sections) -> list[tuple[str, str]]:
     if "sft" in sections:
         refs.append(("sft.init_from", preset.sft.init_from))
     if "rm" in sections:
-        refs += [("rm.init_from", preset.rm.init_from), ("rm.pairs.sampler", preset.rm.pairs.sampler)]
+        samplers = preset.rm.pairs.sampler if isinstance(preset.rm.pairs.sampler, list) else [preset.rm.pairs.sampler]
+        refs += [("rm.init_from", preset.rm.init_from)]
+        refs += [(f"rm.pairs.sampler[{i}]" if len(samplers) > 1 else "rm.pairs.sampler", s) for i, s in enumerate(samplers)]
     if "train" in sections:
         refs += [("train.init_from", preset.train.init_from), ("train.advantage_model", preset.train.advantage_model or "")]
     if "eval" in sections:
@@ -40,6 +43,8 @@ def model_refs(preset, sections) -> list[tuple[str, str]]:
 def data_refs(preset, sections) -> list[tuple[str, str]]:
     """(key, value) of every data file or dataset reference in `sections`."""
     refs = []
+    if preset.task.source and not _is_symbolic(preset.task.source):
+        refs.append(("task.source", preset.task.source))
     if "sft" in sections and preset.sft.data.source != "task":
         refs.append(("sft.data.source", preset.sft.data.source))
     if "rm" in sections and preset.rm.pairs.source in ("file", "hub") and preset.rm.pairs.path:
