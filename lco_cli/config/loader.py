@@ -13,6 +13,7 @@ import yaml
 from lco_cli.config.schema import BENCHMARK_NAMES, DEFAULT_PRESET, Preset
 from lco_cli.config.typed import build
 from lco_cli.errors import ConfigError
+from lco_cli.tasks.rewards import is_reward_ref
 
 
 def _cross_checks(p: Preset, errors: list[str]) -> None:
@@ -32,6 +33,8 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
         if sec.batch_size % sec.micro_batch_size and sec.micro_batch_size < sec.batch_size:
             errors.append(f"{stage}.micro_batch_size: must divide {stage}.batch_size ({sec.batch_size})")
     errors.extend(eval_errors(p))
+    if t.reward not in ("rm", "verifier") and not is_reward_ref(t.reward):
+        errors.append(f"train.reward: {t.reward!r} is not 'rm', 'verifier' or a function reference 'module:function'")
     from lco_cli.rl.registry import get_algo  # the algorithms validate their own settings
 
     errors.extend(get_algo(t.algo).check(t))
@@ -74,8 +77,19 @@ def eval_errors(p: Preset) -> list[str]:
     errors = [f"eval.data.{name}: unknown benchmark (known: {', '.join(BENCHMARK_NAMES)})"
               for name in p.eval.data if name not in BENCHMARK_NAMES]
     for name in p.eval.benchmarks:
-        if name != "arith":
+        if name == "arith" and p.task.name != "arith":  # never fall back to arith under another task
+            errors.append(f"eval.benchmarks: 'arith' is the arith task's held-out split; with task.name "
+                          f"'{p.task.name}' use 'task'")
+        elif name not in ("task", "arith"):
             errors.extend(get_benchmark(name).config_errors(p.eval))
+    if "task" in p.eval.benchmarks:
+        from lco_cli.tasks import task_class
+
+        try:
+            if not task_class(p.task.name).has_verifier:
+                errors.append(f"eval.benchmarks: 'task' needs a task with a verifier (task '{p.task.name}' has none)")
+        except ConfigError:
+            pass  # the task section reports an unknown task itself
     return errors
 
 

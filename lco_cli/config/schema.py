@@ -22,14 +22,15 @@ def algo_names() -> tuple[str, ...]:
 
 
 class RegisteredBenchmarks:
-    """The benchmark names `eval.benchmarks` accepts: `arith` (the task's held-out split) plus every
+    """The benchmark names `eval.benchmarks` accepts: `task` (the configured task's held-out split;
+    `arith` is its name for the arith task) plus every
     benchmark in the registry (`lco_cli.evals.benchmarks`), read lazily on first use so that
     importing the schema never imports the evaluation code."""
 
     def _names(self) -> tuple[str, ...]:
         from lco_cli.evals.benchmarks import benchmark_names
 
-        return ("arith", *benchmark_names())
+        return ("task", "arith", *benchmark_names())
 
     def __contains__(self, name: object) -> bool:
         return name in self._names()
@@ -207,7 +208,8 @@ class TrainConfig:
     objective: str = F("kld", doc="LCO objective (eqs. 8-10).", choices=("kld", "mse", "lch"))
     advantage: str = F("dpo", doc="Advantage estimator for LCO (eqs. 11-13).", choices=("dpo", "logprob", "sparse"))
     advantage_model: Optional[str] = F(None, doc="φ for advantage=logprob (default: the rm stage's model).")
-    reward: str = F("verifier", doc="Sequence reward for sparse advantages and the PG baselines.", choices=("rm", "verifier"))
+    reward: str = F("verifier", doc="Sequence reward for sparse advantages and the PG baselines: 'verifier' (the task's, ±1), 'rm' (the DPO RM's implicit reward) or a function 'my_pkg.rewards:score' of (prompt, completion, row) (docs/tasks.md).")
+    log_rollouts: Optional[int] = F(None, doc="Rollouts per logged step written to train/rollouts.jsonl (prompt as fed to the model, completion, reward, verdict); null = all, 0 = off.", ge=0)
     advantage_norm: str = F("group", doc="Normalisation of sequence advantages.", choices=("none", "batch", "group"))
     advantage_center: bool = F(True, doc="Center dense advantages over the vocabulary per token (paper §4.4).")
     advantage_clip: Optional[float] = F(None, doc="Clip dense advantages to ±value (off by default).", gt=0)

@@ -72,6 +72,12 @@ class HFEngine:
         """The HF engine samples from the training module itself; nothing to push."""
         self.model = model
 
+    def padding_ids(self) -> list[int]:
+        """Logit rows past the tokenizer's tokens (embedding padding, e.g. 151,936 rows for Qwen2.5's
+        151,665 tokens): never sampled, as they decode to nothing and no other model scores them."""
+        rows = self.model.get_output_embeddings().weight.shape[0]
+        return list(range(len(self.tokenizer), rows))
+
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], n: int = 1, *, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 16, teacher=None, teacher_mix_alpha: float = 0.0) -> Rollouts:
@@ -83,6 +89,7 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
+        padding = self.padding_ids()
         try:
             for start in range(0, len(expanded), self.batch_size):
                 chunk = expanded[start : start + self.batch_size]
@@ -98,6 +105,8 @@ class HFEngine:
                                        eos=eos, pad=pad).cpu()
                 else:
                     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {"do_sample": False}
+                    if padding:
+                        sampling["suppress_tokens"] = padding
                     gen = self.model.generate(
                         input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                         eos_token_id=eos, pad_token_id=pad, use_cache=True, **sampling,

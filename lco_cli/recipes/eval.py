@@ -26,6 +26,7 @@ from lco_cli.engines.generation import HFEngine, encode_prompts
 from lco_cli.rl.advantage_sources import read_rm_meta, reference_of
 from lco_cli.runtime.rundir import atomic_write_json, atomic_write_text
 from lco_cli.tasks import get_task
+from lco_cli.tasks.vocab import shared_vocab_size, trim_logits
 from lco_cli.runtime.training import stage_run
 from lco_cli.commands.common import Context
 from lco_cli.evals.job import EvalJob, PolicyHandle
@@ -35,29 +36,28 @@ from lco_cli.evals.job import EvalJob, PolicyHandle
 Policy = PolicyHandle
 
 
-class ArithBenchmark:
-    """The tiny task's held-out split with its exact verifier."""
+class TaskBenchmark:
+    """The configured task's held-out split (`task`; `arith` for the arith task, its historical name):
+    prompts rendered by the task, answers judged by its verifier."""
 
-    name = "arith"
-
-    def __init__(self, task):
-        self.task = task
+    def __init__(self, name: str, task):
+        self.name, self.task = name, task
+        self.by_id = {e.id: e for e in task.test}
 
     def load(self, path=None, limit=None) -> list[Problem]:
         items = self.task.test[:limit] if limit else self.task.test
         return [Problem(e.id, e.prompt, e.answer) for e in items]
 
     def prompt(self, problem: Problem, tokenizer) -> str:
-        return problem.question
+        return self.task.render(self.by_id[problem.id], tokenizer)
 
     def check(self, problems, generations, timeout=5.0, workers=None):
-        by_id = {e.id: e for e in self.task.test}
-        return [self.task.check(by_id[p.id], g) for p, g in zip(problems, generations)]
+        return self.task.check_batch([self.by_id[p.id] for p in problems], list(generations), timeout=timeout)
 
 
 def benchmark_for(name: str, ctx: Context):
-    if name == "arith":
-        return ArithBenchmark(get_task(ctx.preset.task, ctx.preset.seed))
+    if name in ("task", "arith"):
+        return TaskBenchmark(name, get_task(ctx.preset.task, ctx.preset.seed))
     return get_benchmark(name)
 
 
@@ -94,10 +94,11 @@ def load_pi_star(ctx: Context) -> Policy:
     ref_dir = reference_of(rm_dir, read_rm_meta(rm_dir))
     tok = models.load_tokenizer(sft_dir, p.model)
     rm_tok = models.load_tokenizer(rm_dir, p.model)
-    models.check_same_vocab(tok, rm_tok, sft_dir, rm_dir)
+    vocab = shared_vocab_size(tok, rm_tok, sft_dir, rm_dir)  # padded embedding sizes may differ
     loaded = [models.load_model(d, p.model, trainable=False).to(device()) for d in (sft_dir, rm_dir, ref_dir)]
     beta = p.train.beta
-    engine = CompositeEngine(loaded, lambda z: pi_star_logits(z[0], z[1], z[2], beta), tok, p.eval.batch_size)
+    engine = CompositeEngine(loaded, lambda z: pi_star_logits(*(trim_logits(x, vocab) for x in z[:3]), beta), tok,
+                             p.eval.batch_size)
     return Policy("pi_star", engine, tok, None)
 
 

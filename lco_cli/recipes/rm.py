@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lco_cli.data.pairs import Pair, as_rows, load_file_pairs, pairs_from_samples
+from lco_cli.data.pairs import Pair, as_rows, load_file_pairs, merge_samples, pairs_from_samples, sampler_refs
 from lco_cli.data.sft import TextPair, tokenize_pair
 from lco_cli.engines.generation import HFEngine, encode_prompts, pack
 from lco_cli.engines.scoring import sequence_logprob_sums, token_logprobs
@@ -47,26 +47,42 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def build_pairs(ctx: Context, init_ref: str, tok) -> list[Pair]:
+    """The RM's preference pairs: from a file / hub dataset, or `self`: responses to the task's prompts
+    sampled from each model of `rm.pairs.sampler` (the paper samples from several), labelled by the
+    task's verifier, correct × incorrect of the same prompt."""
     p, cfg = ctx.preset, ctx.preset.rm.pairs
     if cfg.source in ("file", "hub"):
         return load_file_pairs(cfg, tok, p.seed)
     task = get_task(p.task, p.seed)
-    sampler_ref = init_ref if cfg.sampler == "init" else models.resolve_model_ref(cfg.sampler, ctx.run, p)
-    sampler = models.load_model(sampler_ref, p.model, trainable=False)
-    if torch.cuda.is_available():
-        sampler = sampler.cuda()
     rng = random.Random(f"rm-prompts-{p.seed}")
     examples = rng.sample(task.train, min(cfg.n_prompts, len(task.train)))
+    samples = [sample_and_verify(ref if ref != "init" else init_ref, ctx, task, examples) for ref in sampler_refs(cfg.sampler)]
+    responses, verdicts = merge_samples(samples)
+    # The pairs hold the prompt as the RM (and the policy) will see it: rendered with their tokenizer.
+    prompts = [task.render(e, tok) for e in examples]
+    return pairs_from_samples(prompts, responses, verdicts, max_per_prompt=cfg.max_pairs_per_prompt,
+                              max_pairs=cfg.max_pairs, eval_fraction=cfg.eval_fraction, seed=p.seed)
+
+
+def sample_and_verify(ref: str, ctx: Context, task, examples: list) -> tuple[list[list[str]], list[list[bool]]]:
+    """`samples_per_prompt` responses of one sampler per example (prompts rendered with the sampler's own
+    tokenizer: chat templates differ between model families) and the verifier's verdicts."""
+    p, cfg = ctx.preset, ctx.preset.rm.pairs
+    path = models.resolve_model_ref(ref, ctx.run, p)
+    tok = models.load_tokenizer(path, p.model)
+    sampler = models.load_model(path, p.model, trainable=False)
+    if torch.cuda.is_available():
+        sampler = sampler.cuda()
     torch.manual_seed(p.seed)
     roll = HFEngine(sampler, tok, batch_size=256).generate(
-        encode_prompts(tok, [e.prompt for e in examples]), cfg.samples_per_prompt,
+        encode_prompts(tok, [task.render(e, tok) for e in examples]), cfg.samples_per_prompt,
         temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    k = cfg.samples_per_prompt
-    responses = [roll.texts[i * k : (i + 1) * k] for i in range(len(examples))]
-    verdicts = [[task.check(e, r)[1] for r in rs] for e, rs in zip(examples, responses)]
     del sampler
-    return pairs_from_samples([e.prompt for e in examples], responses, verdicts, max_per_prompt=cfg.max_pairs_per_prompt,
-                              max_pairs=cfg.max_pairs, eval_fraction=cfg.eval_fraction, seed=p.seed)
+    k = cfg.samples_per_prompt
+    checks = task.check_batch([examples[g] for g in roll.group], roll.texts)
+    responses = [roll.texts[i * k : (i + 1) * k] for i in range(len(examples))]
+    verdicts = [[bool(ok) for _, ok in checks[i * k : (i + 1) * k]] for i in range(len(examples))]
+    return responses, verdicts
 
 
 def tokenize_pairs(tok, pairs: list[Pair], max_length: int):

@@ -37,10 +37,10 @@ if TYPE_CHECKING:  # pragma: no cover
 def run_sft(ctx: Context) -> dict:
     p, cfg = ctx.preset, ctx.preset.sft
     acc = make_accelerator(cfg.mixed_precision, p.seed)
+    task = get_task(p.task, p.seed)  # bad task data fails here, before the stage folder is touched
     with stage_run(ctx.run, ctx.preset_name, p, "sft", acc) as sd:
         init = models.resolve_model_ref(cfg.init_from, ctx.run, p)
         tok = models.load_tokenizer(init, p.model)
-        task = get_task(p.task, p.seed)
         examples = [tokenize_pair(tok, pair, cfg.max_length) for pair in sft_pairs(cfg.data, tok, task)]
         if not examples:
             raise ConfigError(f"sft.data: no training examples in {cfg.data.source}")

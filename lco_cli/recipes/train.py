@@ -41,7 +41,10 @@ from lco_cli.runtime.training import (
     shard,
     stage_run,
 )
+from lco_cli.runtime.rundir import MetricsLog
 from lco_cli.tasks import get_task, greedy_accuracy
+from lco_cli.tasks.rewards import is_reward_ref, load_reward_fn
+from lco_cli.tasks.vocab import usable_vocab
 
 if TYPE_CHECKING:  # pragma: no cover
     from lco_cli.commands.common import Context
@@ -50,10 +53,11 @@ if TYPE_CHECKING:  # pragma: no cover
 def run_train(ctx: Context) -> dict:
     p, cfg = ctx.preset, ctx.preset.train
     acc = make_accelerator(cfg.mixed_precision, p.seed)
+    task = get_task(p.task, p.seed)  # bad task data fails here, before the stage folder is touched
+    reward_fn = load_reward_fn(cfg.reward) if is_reward_ref(cfg.reward) else None
     with stage_run(ctx.run, ctx.preset_name, p, "train", acc) as sd:
         init = models.resolve_model_ref(cfg.init_from, ctx.run, p)
         tok = models.load_tokenizer(init, p.model)
-        task = get_task(p.task, p.seed)
         reward, adv_source = load_advantage_sources(p, ctx.run, cfg, tok, acc.device)
         policy = HiddenStatesLM(models.load_model(init, p.model, trainable=True))
         reference = HiddenStatesLM(models.load_model(init, p.model, trainable=False)).to(acc.device)
@@ -61,14 +65,17 @@ def run_train(ctx: Context) -> dict:
         opt = make_optimizer(policy, cfg.lr, cfg.weight_decay)
         sched = make_scheduler(opt, opt_steps, cfg.warmup_steps, kind="constant")
         policy, opt, sched = acc.prepare(policy, opt, sched)
-        env = TrainEnv(cfg, policy, reference, adv_source, acc, cfg.loss_chunk_size, init_from=init, model_cfg=p.model)
+        env = TrainEnv(cfg, policy, reference, adv_source, acc, cfg.loss_chunk_size, init_from=init, model_cfg=p.model,
+                       vocab=usable_vocab(tok))
         update = get_algo(cfg.algo)(cfg, env)
         state = load_checkpoint(sd, acc) or {"step": 0}
         start, skipped_total = state["step"], state.get("skipped_steps", 0)
+        rollout_log = MetricsLog(sd.path / "rollouts.jsonl")
         if acc.is_main_process:
             sd.metrics.truncate_after(start)
+            rollout_log.truncate_after(start)
         engine = make_engine(cfg.rollout.engine, acc.unwrap_model(policy).lm, tok, cfg.rollout.batch_size)
-        sampler = Sampler(cfg, engine, policy, tok, task, reward, acc, p.seed)
+        sampler = Sampler(cfg, engine, policy, tok, task, reward, acc, p.seed, reward_fn=reward_fn)
         samples_total = state.get("rollout_samples", 0)
         trainable = [q for q in policy.parameters() if q.requires_grad]
         progress = Progress("train", cfg.steps, start, enabled=acc.is_main_process, every=max(1, cfg.log_every))
@@ -84,7 +91,7 @@ def run_train(ctx: Context) -> dict:
             examples = [task.train[i] for i in shard(idx, acc.process_index, acc.num_processes)]
             # Seed per (step, rank): a resumed run samples exactly what the uninterrupted one did.
             torch.manual_seed(p.seed * 1_000_003 + step * 131 + acc.process_index)
-            sampler.samples = 0
+            sampler.start_step()
             batch, collect_stats = update.collect(sampler, step, examples)
             t_gen = time.time() - t0
             n_samples = float(acc.reduce(torch.tensor(float(sampler.samples), device=acc.device), "sum"))
@@ -113,8 +120,11 @@ def run_train(ctx: Context) -> dict:
             if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.steps:
                 result = _heldout(acc, policy, tok, task, cfg)
                 row.update(result)
-            if acc.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps or "heldout_acc" in row):
+            logged = step % cfg.log_every == 0 or step == cfg.steps or "heldout_acc" in row
+            if acc.is_main_process and logged:
                 sd.metrics.append(row)
+            if logged:
+                _log_rollouts(rollout_log, sampler.records, step, cfg.log_rollouts, acc)
             progress.update(step, {k: row[k] for k in ("loss", "reward_mean", "heldout_acc") if k in row})
             if checkpoint_due(sd, acc, step, cfg) and step < cfg.steps:
                 save_checkpoint(sd, acc, step, cfg.keep_checkpoints, {"skipped_steps": skipped_total, "rollout_samples": samples_total})
@@ -262,6 +272,21 @@ def _batch_stats(batch: RolloutBatch, acc) -> dict:
     r = acc.gather(batch.rewards.float()) if acc.num_processes > 1 else batch.rewards.float()
     return {"reward_mean": float(r.mean()), "reward_std": float(r.std()) if r.numel() > 1 else 0.0,
             "accuracy": mean(batch.correct), "response_len": mean(batch.response_len), "truncated_frac": mean(batch.truncated)}
+
+
+def _log_rollouts(log: MetricsLog, records: list, step: int, limit: int | None, acc) -> None:
+    """The step's rollouts (every process's, in rank order) to `train/rollouts.jsonl`: the first
+    `train.log_rollouts` of them (None = all, 0 = none)."""
+    if limit == 0:
+        return
+    rows = [r.row(step) for r in records]
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rows = gather_object(rows)
+    if acc.is_main_process:
+        for row in rows[:limit] if limit is not None else rows:
+            log.append(row)
 
 
 def _heldout(acc, policy, tok, task, cfg) -> dict:

@@ -47,16 +47,20 @@ def reference_of(rm_dir: str | Path, meta: dict) -> str:
     return meta["reference"]
 
 
-def _states(model, input_ids, attention_mask) -> HeadStates:
+def _states(model, input_ids, attention_mask, vocab: int | None) -> HeadStates:
+    """Final hidden states and the lm_head rows of the tokenizer's `vocab` tokens (padding rows cut off)."""
     h, head = models.final_hidden_and_head(model, input_ids, attention_mask)
-    return HeadStates(h, head.weight, getattr(head, "bias", None))
+    bias = getattr(head, "bias", None)
+    if vocab is None:
+        return HeadStates(h, head.weight, bias)
+    return HeadStates(h, head.weight[:vocab], None if bias is None else bias[:vocab])
 
 
 class DPOReward:
     """φ_DPO and its φ_ref, frozen, on one device."""
 
-    def __init__(self, rm_dir: str | Path, model_cfg, device="cpu"):
-        self.rm_dir = str(rm_dir)
+    def __init__(self, rm_dir: str | Path, model_cfg, device="cpu", vocab: int | None = None):
+        self.rm_dir, self.vocab = str(rm_dir), vocab
         meta = read_rm_meta(rm_dir)
         ref_dir = reference_of(rm_dir, meta)
         if not Path(ref_dir).exists() and ref_dir.count("/") != 1:
@@ -79,19 +83,20 @@ class DPOReward:
 
     @torch.no_grad()
     def heads(self, input_ids, attention_mask) -> tuple[HeadStates, HeadStates]:
-        return _states(self.rm, input_ids, attention_mask), _states(self.ref, input_ids, attention_mask)
+        return _states(self.rm, input_ids, attention_mask, self.vocab), _states(self.ref, input_ids, attention_mask, self.vocab)
 
 
 class PhiAdvantage:
     """`advantage: logprob` with `train.advantage_model`: A = log φ(·|s) from that model (eq. 12)."""
 
-    def __init__(self, ref: str, model_cfg, device):
+    def __init__(self, ref: str, model_cfg, device, vocab: int | None = None):
+        self.vocab = vocab
         self.model = models.load_model(ref, model_cfg, trainable=False).to(device)
         self.tokenizer = models.load_tokenizer(ref, model_cfg)
 
     @torch.no_grad()
     def heads(self, input_ids, attention_mask) -> tuple[HeadStates, None]:
-        return _states(self.model, input_ids, attention_mask), None
+        return _states(self.model, input_ids, attention_mask, self.vocab), None
 
 
 @torch.no_grad()
@@ -121,14 +126,16 @@ def load_advantage_sources(preset, run, cfg, tok, device):
     The φ of eq. 12 (`train.advantage_model`) replaces the RM as the advantage source; the RM is
     still loaded when the algorithm needs it otherwise (the `rm` reward, a teacher)."""
     from lco_cli.rl.registry import get_algo
+    from lco_cli.tasks.vocab import shared_vocab_size, usable_vocab
 
     algo = get_algo(cfg.algo)
     reward = phi = None
+    vocab = usable_vocab(tok)  # compatibility is decided by the tokenizers' contents, not embedding sizes
     if algo.needs_reward_model(cfg):
         rm_dir = models.resolve_model_ref("rm", run, preset)
-        reward = DPOReward(rm_dir, preset.model, device)
-        models.check_same_vocab(tok, reward.tokenizer, cfg.init_from, rm_dir)
+        reward = DPOReward(rm_dir, preset.model, device, vocab)
+        shared_vocab_size(tok, reward.tokenizer, cfg.init_from, rm_dir)
     if algo.dense_advantages and cfg.advantage == "logprob" and cfg.advantage_model:
-        phi = PhiAdvantage(models.resolve_model_ref(cfg.advantage_model, run, preset), preset.model, device)
-        models.check_same_vocab(tok, phi.tokenizer, cfg.init_from, cfg.advantage_model)
+        phi = PhiAdvantage(models.resolve_model_ref(cfg.advantage_model, run, preset), preset.model, device, vocab)
+        shared_vocab_size(tok, phi.tokenizer, cfg.init_from, cfg.advantage_model)
     return reward, phi or reward

@@ -6,7 +6,7 @@ teacher-mixed); `Scored` holds one sampling round's scored rollouts before packi
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -21,6 +21,24 @@ def score(batch: RolloutBatch, cfg, reward) -> None:
     else:
         batch.rewards = reward.sequence_rewards(batch.input_ids, batch.attention_mask, batch.targets).float().cpu()
 
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """One row of `train/rollouts.jsonl`: what the policy saw (template included) and said, and its reward."""
+
+    prompt: str
+    completion: str
+    reward: float
+    response_len: int
+    truncated: bool
+    extracted: str | None = None   # the verifier's reading of the completion (tasks with a verifier)
+    correct: bool | None = None
+
+    def row(self, step: int) -> dict:
+        out = {"step": step, **asdict(self)}
+        if self.correct is None:  # no verifier: no verdict to show
+            del out["extracted"], out["correct"]
+        return out
 
 
 @dataclass
@@ -68,37 +86,62 @@ class Scored:
 
 
 class Sampler:
-    """What `Update.collect` uses to get scored rollout batches (one per process)."""
+    """What `Update.collect` uses to get scored rollout batches (one per process).
 
-    def __init__(self, cfg, engine, policy, tok, task, reward, acc, seed: int):
+    Prompts are rendered by the task (its chat template when the tokenizer has one); the verdict comes
+    from the task's verifier when it has one; the reward is `train.reward` (verifier ±1, the DPO RM, or a
+    user function `module:func` of (prompt, completion, row)). `records` keeps this step's rollouts for
+    `train/rollouts.jsonl`."""
+
+    def __init__(self, cfg, engine, policy, tok, task, reward, acc, seed: int, reward_fn=None):
         self.cfg, self.engine, self.policy, self.tok, self.task = cfg, engine, policy, tok, task
-        self.reward, self.acc, self.seed = reward, acc, seed
+        self.reward, self.acc, self.seed, self.reward_fn = reward, acc, seed, reward_fn
         self.samples = 0  # responses sampled on this process in the current step
+        self.records: list[RolloutRecord] = []
+
+    def start_step(self) -> None:
+        self.samples, self.records = 0, []
+
+    def render(self, examples: list) -> list[str]:
+        return [self.task.render(e, self.tok) for e in examples]
 
     def generate(self, examples: list, n: int, **gen_kwargs) -> Scored:
         """`n` on-policy responses per problem (extra kwargs go to `engine.generate`), scored."""
         cfg = self.cfg
         self.engine.sync_weights(self.acc.unwrap_model(self.policy).lm)
-        roll = self.engine.generate(encode_prompts(self.tok, [e.prompt for e in examples]), n,
+        prompts = self.render(examples)
+        roll = self.engine.generate(encode_prompts(self.tok, prompts), n,
                                     temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                     max_new_tokens=cfg.rollout.max_new_tokens, **gen_kwargs)
         self.samples += len(roll)
-        return self._score(examples, roll)
+        return self._score(examples, prompts, roll)
 
     def dataset(self, examples: list) -> Scored:
         """The SFT demonstrations of these problems as responses (demo + EOS), one per problem: GKD's
         "dataset" batches are the supervised data the student was warmed up on, not oracle answers."""
         tok = self.tok
-        prompts = encode_prompts(tok, [e.prompt for e in examples])
+        prompts = self.render(examples)
         responses = [tok(e.demo, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for e in examples]
-        roll = Rollouts(prompts, responses, [e.demo for e in examples], [False] * len(examples), list(range(len(examples))))
-        return self._score(examples, roll)
+        roll = Rollouts(encode_prompts(tok, prompts), responses, [e.demo for e in examples], [False] * len(examples),
+                        list(range(len(examples))))
+        return self._score(examples, prompts, roll)
 
-    def _score(self, examples: list, roll: Rollouts) -> Scored:
-        correct = [self.task.check(examples[g], text)[1] for g, text in zip(roll.group, roll.texts)]
+    def _score(self, examples: list, prompts: list[str], roll: Rollouts) -> Scored:
+        has_verifier = self.task.has_verifier
+        checks = self.task.check_batch([examples[g] for g in roll.group], roll.texts) if has_verifier else None
+        correct = [bool(ok) for _, ok in checks] if has_verifier else [False] * len(roll)
         batch = from_rollouts(roll, self.tok.pad_token_id, correct).to(self.acc.device)
-        score(batch, self.cfg, self.reward)
-        return Scored(list(examples), roll, correct, batch.rewards.float().cpu())
+        if self.reward_fn is not None:
+            batch.rewards = torch.tensor([float(self.reward_fn(prompts[g], text, examples[g].row))
+                                          for g, text in zip(roll.group, roll.texts)])
+        else:
+            score(batch, self.cfg, self.reward)
+        rewards = batch.rewards.float().cpu()
+        for i, (g, text) in enumerate(zip(roll.group, roll.texts)):
+            verdict = {"extracted": checks[i][0], "correct": correct[i]} if has_verifier else {}
+            self.records.append(RolloutRecord(prompts[g], text, float(rewards[i]), len(roll.response_ids[i]),
+                                              bool(roll.truncated[i]), **verdict))
+        return Scored(list(examples), roll, correct, rewards)
 
     def pack(self, scored: Scored) -> RolloutBatch:
         batch = from_rollouts(scored.roll, self.tok.pad_token_id, scored.correct).to(self.acc.device)

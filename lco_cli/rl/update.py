@@ -55,9 +55,15 @@ class HiddenStatesLM(torch.nn.Module):
         return self.base().get_output_embeddings()
 
 
-def head_of(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+def head_of(model, vocab: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The lm_head weight and bias, restricted to the first `vocab` rows: the tokenizer's tokens. The rows
+    past it are embedding padding (Qwen2.5-3B has 151,936 rows for 151,665 tokens); they get no
+    probability mass and models of one tokenizer but different padding compare over the same tokens."""
     head = (model.module if hasattr(model, "module") else model).head()
-    return head.weight, getattr(head, "bias", None)
+    bias = getattr(head, "bias", None)
+    if vocab is None:
+        return head.weight, bias
+    return head.weight[:vocab], None if bias is None else bias[:vocab]
 
 
 def flat(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -77,6 +83,7 @@ class TrainEnv:
     chunk_size: int
     init_from: Any = None       # resolved initial-policy location (PPO builds its value model from it)
     model_cfg: Any = None       # preset.model (dtype, LoRA, ...)
+    vocab: int | None = None    # the tokenizer's size: logits are compared over these tokens only
 
     @property
     def world(self) -> int:
@@ -85,14 +92,14 @@ class TrainEnv:
 
 def policy_head(env: TrainEnv, mb: "RolloutBatch") -> VocabHead:
     h = env.policy(input_ids=mb.input_ids, attention_mask=mb.attention_mask)
-    w, b = head_of(env.policy)
+    w, b = head_of(env.policy, env.vocab)
     return VocabHead(flat(h, mb.targets), w, b)
 
 
 @torch.no_grad()
-def frozen_head(model, mb: "RolloutBatch") -> VocabHead:
+def frozen_head(model, mb: "RolloutBatch", vocab: int | None = None) -> VocabHead:
     h = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask)
-    w, b = head_of(model)
+    w, b = head_of(model, vocab)
     return VocabHead(flat(h, mb.targets), w, b)
 
 
@@ -298,16 +305,16 @@ class Update:
         keep_old = keep_hidden or (self.keeps_old_head and (self.cfg.update_epochs > 1 or self.cfg.minibatches > 1))
         for rows in row_chunks(batch.size, self.cfg.micro_batch_size):
             mb = batch.subset(rows)
-            head = frozen_head(self.env.policy, mb)
+            head = frozen_head(self.env.policy, mb, self.env.vocab)
             e, lp = chunked_entropy_and_logprobs(head, mb.sampled_ids, cs)
             old_lp.append(lp)
             ent.append(e)
-            ref_lp.append(chunked_entropy_and_logprobs(frozen_head(self.env.reference, mb), mb.sampled_ids, cs)[1])
+            ref_lp.append(chunked_entropy_and_logprobs(frozen_head(self.env.reference, mb, self.env.vocab), mb.sampled_ids, cs)[1])
             if keep_old:
                 hidden_old.append(head.hidden)
         old_head = None
         if keep_old:  # frozen pre-update states: z_old stays the behaviour policy's across epochs
-            w, b = head_of(self.env.policy)
+            w, b = head_of(self.env.policy, self.env.vocab)
             old_head = VocabHead(torch.cat(hidden_old), w.detach().clone(), None if b is None else b.detach().clone())
         common = Prepared(old_logprobs=torch.cat(old_lp), ref_logprobs=torch.cat(ref_lp), entropy=torch.cat(ent))
         return common, old_head, self.common_stats(common)
