@@ -34,7 +34,7 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
             errors.append(f"{stage}.micro_batch_size: must divide {stage}.batch_size ({sec.batch_size})")
     errors.extend(eval_errors(p))
     if t.reward not in ("rm", "verifier") and not is_reward_ref(t.reward):
-        errors.append(f"train.reward: {t.reward!r} is not 'rm', 'verifier' or a function reference 'module:function'")
+        errors.append(f"train.reward: {t.reward!r} is not one of rm, verifier (or a function reference 'module:function')")
     from lco_cli.rl.registry import get_algo  # the algorithms validate their own settings
 
     errors.extend(get_algo(t.algo).check(t))
