@@ -112,7 +112,7 @@ def test_missing_source_is_exit_3_and_too_large_n_test_exit_2(tmp_path):
 
 def test_bad_task_file_through_the_cli_exits_2_without_traceback(runner, workdir):
     (workdir / "bad.jsonl").write_text('{"problem": "a", "solution": "no box"}\n')
-    preset = {**FAST, "task": {"name": "math", "source": "bad.jsonl", "n_test": 1}}
+    preset = {**FAST, "task": {"name": "math", "source": "bad.jsonl", "n_test": 1}, "eval": {**FAST["eval"], "benchmarks": ["task"]}}
     (workdir / "p.yaml").write_text(yaml.safe_dump(preset))
     res = invoke(runner, "sft", workdir / "p.yaml", "--run-dir", workdir / "run")
     assert res.exit_code == 2, res.output
