@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import click
 import torch
 
+from lco_cli.engines import sharding
 from lco_cli.runtime import models
 from lco_cli.rl.update import HiddenStatesLM, TrainEnv, make_update, needs_reward_model
 from lco_cli.errors import StageFailedError
@@ -183,8 +184,8 @@ def run_train(ctx: Context) -> dict:
         tok = models.load_tokenizer(init, p.model)
         task = get_task(p.task, p.seed)
         reward, adv_source = load_reward(ctx, tok, acc.device)
-        policy = HiddenStatesLM(models.load_model(init, p.model, trainable=True))
-        reference = HiddenStatesLM(models.load_model(init, p.model, trainable=False)).to(acc.device)
+        policy = sharding.ready_for_fsdp(HiddenStatesLM(models.load_model(init, p.model, trainable=True)))
+        reference = models.reference_for(policy) or HiddenStatesLM(models.load_model(init, p.model, trainable=False)).to(acc.device)
         opt_steps = cfg.steps * cfg.update_epochs * cfg.minibatches
         opt = make_optimizer(policy, cfg.lr, cfg.weight_decay)
         sched = make_scheduler(opt, opt_steps, cfg.warmup_steps, kind="constant")
@@ -250,10 +251,12 @@ def run_train(ctx: Context) -> dict:
             maybe_interrupt(step)
         progress.close()
         sd.final_step = cfg.steps
+        full_state = sharding.gather_state_for_save(acc, policy)  # collective under FSDP, None otherwise
         if acc.is_main_process:
             write_json(sd.path / "eval.json", result)
             models.save_final(acc.unwrap_model(policy).lm, tok, sd.final,
-                              {"lco_stage.json": {"stage": "train", "init_from": init, "algo": cfg.algo, "steps": cfg.steps}})
+                              {"lco_stage.json": {"stage": "train", "init_from": init, "algo": cfg.algo, "steps": cfg.steps}},
+                              state_dict=full_state)
         acc.wait_for_everyone()
         return result
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from lco_cli.config import config_hash, to_dict
-from lco_cli.runtime.models import parse_tiny_spec
+from lco_cli.runtime.models import benchmark_only_warning, check_policy_spec
 from lco_cli.commands.common import split_args
 
 
@@ -15,6 +15,7 @@ def command(args):
 
     preset_arg, overrides = split_args(args)
     name, preset = load(preset_arg, overrides)
-    if preset.model.policy.startswith("tiny"):
-        parse_tiny_spec(preset.model.policy)
+    check_policy_spec(preset.model.policy)
+    if warning := benchmark_only_warning(preset.model.policy):
+        click.echo(warning, err=True)
     click.echo(f"{name}: valid (config hash {config_hash(to_dict(preset))})")

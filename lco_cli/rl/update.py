@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lco_cli.engines.sharding import full_weight
 from lco_cli.engines.chunked import VocabHead, chunked_entropy_and_logprobs, chunked_token_loss, compute_dtype, dense_advantage_chunk
 from lco_cli.losses.lco import dense_advantage_, get_objective, sparse_advantage
 
@@ -53,7 +54,7 @@ class HiddenStatesLM(torch.nn.Module):
 
 def head_of(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     head = (model.module if hasattr(model, "module") else model).head()
-    return head.weight, getattr(head, "bias", None)
+    return full_weight(head.weight), full_weight(getattr(head, "bias", None))
 
 
 def flat(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
