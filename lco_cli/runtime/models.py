@@ -142,8 +142,8 @@ def benchmark_only_warning(policy: str) -> str | None:
     """The warning `lco validate` prints for `random:` policies (they are for benchmarks only)."""
     if not policy.startswith(RANDOM_PREFIX):
         return None
-    return (f"warning: model.policy '{policy}' is a randomly initialised model with a stand-in tokenizer, for "
-            "memory/step-time benchmarks and GPU checks only; nothing it learns or scores means anything")
+    return (f"warning: model.policy '{policy}' is a randomly initialised model with a stand-in tokenizer: for "
+            "benchmarks only (memory, step time, GPU checks); nothing it learns or scores means anything")
 
 
 def looks_like_path(ref: str) -> bool:
