@@ -196,7 +196,7 @@ def run_train(ctx: Context) -> dict:
         start, skipped_total = state["step"], state.get("skipped_steps", 0)
         if acc.is_main_process:
             sd.metrics.truncate_after(start)
-        engine = make_engine(cfg.rollout.engine, acc.unwrap_model(policy).lm, tok, cfg.rollout.batch_size)
+        engine = make_engine(cfg.rollout.engine, acc.unwrap_model(policy).lm, tok, cfg.rollout.batch_size, p.model.vllm)
         sampler = Sampler(cfg, engine, policy, tok, task, reward, acc, p.seed)
         samples_total = state.get("rollout_samples", 0)
         trainable = [q for q in policy.parameters() if q.requires_grad]
