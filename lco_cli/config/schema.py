@@ -45,9 +45,9 @@ class LoraConfig:
 class VLLMConfig:
     """The vLLM engine (`train.rollout.engine: vllm`, `eval.engine: vllm`; GPU only, optional extra)."""
 
-    tensor_parallel_size: int = F(1, doc="GPUs one vLLM engine shards the model over.", gt=0)
+    tensor_parallel_size: int = F(1, doc="GPUs one vLLM engine shards the model over: that many training processes form one colocated vLLM group (must divide the process count).", gt=0)
     gpu_memory_utilization: float = F(0.3, doc="Fraction of GPU memory vLLM may take (weights + KV cache); the rest is the trainer's.", gt=0, le=1)
-    sleep_mode: bool = F(True, doc="Free vLLM's KV cache between rollouts (LLM.sleep(level=1) / wake_up), so training gets that memory back.")
+    sleep_mode: bool = F(True, doc="In train, free vLLM's weights and KV cache between rollouts (LLM.sleep(level=2)); wake_up brings them back before the weight push and the next rollout.")
 
 
 @dataclass
