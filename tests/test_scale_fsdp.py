@@ -177,7 +177,7 @@ def test_full_weight_gathers_a_sharded_head_with_exact_gradients(workdir):
     assert "rank0 err=" in res.stdout and "rank1 err=" in res.stdout
 
 
-def test_full_weight_passes_plain_tensors_and_refuses_fsdp1_flat_views():
+def test_full_weight_passes_plain_tensors_and_refuses_fsdp1_and_zero3_partitions():
     from lco_cli.engines.sharding import full_weight
     from lco_cli.errors import ConfigError
 
@@ -187,3 +187,7 @@ def test_full_weight_passes_plain_tensors_and_refuses_fsdp1_flat_views():
     flat._fsdp_flattened = True
     with pytest.raises(ConfigError, match="fsdp_version: 2"):
         full_weight(flat)
+    zero3 = torch.empty(0)
+    zero3.ds_id = 7  # what DeepSpeed ZeRO-3 attaches to a partitioned parameter
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        full_weight(zero3)

@@ -17,6 +17,9 @@ Decision: **gather, differentiably** — not FSDP's `summon_full_params`.
 * `summon_full_params` is a no-grad context for FSDP1: gradients computed on the summoned weight
   never reach the sharded flat parameter, so it cannot serve a training loss. FSDP1's flattened
   parameters are therefore refused with a message pointing to `fsdp_version: 2`.
+* DeepSpeed ZeRO-3 partitions parameters the same way (empty outside their module's forward); its
+  gather (`deepspeed.zero.GatheredParameters`) is not wired in, so ZeRO-3 parameters are refused
+  with a message pointing to the FSDP2 config.
 """
 from __future__ import annotations
 
@@ -38,6 +41,10 @@ def full_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
     if isinstance(weight, DTensor):
         ndim = weight.device_mesh.ndim
         return weight.redistribute(placements=[Replicate()] * ndim).to_local(grad_placements=[Partial("avg")] * ndim)
+    if hasattr(weight, "ds_id"):  # a DeepSpeed ZeRO-3 partitioned parameter (empty outside its module's forward)
+        raise ConfigError("DeepSpeed ZeRO-3 partitions the lm_head, which lco's chunked loss engine reads outside the "
+                          "model's forward; `lco train` does not support ZeRO-3 — launch it with the FSDP2 config "
+                          "(`lco presets accelerate fsdp`)")
     if getattr(weight, "_fsdp_flattened", False) and weight.dim() != 2:  # FSDP1 view of a flat shard
         raise ConfigError("FSDP1 flattens the lm_head weight, which the chunked loss engine cannot use; "
                           "launch with an FSDP2 config (fsdp_version: 2, e.g. `lco presets accelerate fsdp`)")

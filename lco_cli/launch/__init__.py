@@ -8,7 +8,7 @@ HERE = Path(__file__).parent
 DESCRIPTIONS = {
     "ddp": "data parallel: every process holds the whole policy (the default multi-GPU setup)",
     "fsdp": "FSDP2 full shard, auto-wrapped by decoder layer; the loss engine gathers the lm_head (lco_cli/engines/sharding.py)",
-    "deepspeed_zero3": "DeepSpeed ZeRO-3 (parameters, gradients and optimizer state sharded); unverified, see docs/scale.md",
+    "deepspeed_zero3": "DeepSpeed ZeRO-3 for sft/rm (train refuses it: use fsdp); unverified, see docs/scale.md",
 }
 
 
