@@ -191,3 +191,14 @@ def test_full_weight_passes_plain_tensors_and_refuses_fsdp1_and_zero3_partitions
     zero3.ds_id = 7  # what DeepSpeed ZeRO-3 attaches to a partitioned parameter
     with pytest.raises(ConfigError, match="ZeRO-3"):
         full_weight(zero3)
+
+
+def test_wheel_ships_the_accelerate_configs(tmp_path):
+    import zipfile
+
+    root = Path(__file__).parents[1]
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                          str(root)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("lco-*.whl"))).namelist()
+    assert {f"lco_cli/launch/{n}.yaml" for n in ("ddp", "fsdp", "deepspeed_zero3")} <= set(names)
