@@ -1,10 +1,12 @@
 """The FSDP path on 2 CPU processes (gloo): `lco train` with dense DPO advantages under the bundled
 FSDP2 accelerate config equals the same run under DDP; the lm_head gather's gradient is exact.
 
-accelerate enables FSDP only on GPUs (`AcceleratorState` keeps MULTI_CPU on CPUs), so the launched
-processes run the real CLI through a small launcher that flips that one switch after accelerate
-has read the FSDP plugin from the environment; everything else (the env accelerate derives from
-`lco_cli/launch/fsdp.yaml`, `fully_shard` wrapping, collectives) is the real thing.
+Both runs are started as documented, `accelerate launch --config_file $(lco presets accelerate …)`
+with the bundled ddp / fsdp files. accelerate enables FSDP only on GPUs (`AcceleratorState` keeps
+MULTI_CPU on CPUs), so the launched processes run the real CLI through a small launcher that flips
+that one switch after accelerate has read the FSDP plugin from the environment; everything else
+(the environment `accelerate launch` derives from the file, `fully_shard` wrapping, collectives)
+is the real thing.
 """
 from __future__ import annotations
 
@@ -57,16 +59,16 @@ LAUNCHER = textwrap.dedent('''
 ''')
 
 
-def fsdp_env_from_bundled_config() -> dict[str, str]:
-    """The environment `accelerate launch --config_file $(lco presets accelerate fsdp)` exports."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_multi_gpu_env
+def accelerate_launch(config: str, script_args: list[str], port: int, env: dict) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file $(lco presets accelerate CONFIG) --num_processes 2 …`, as documented.
 
+    With no GPU, accelerate starts the two processes through torchrun (gloo) and their Accelerator
+    runs on the CPU."""
     from lco_cli.launch import accelerate_configs
 
-    argv = ["--config_file", str(accelerate_configs()["fsdp"]), "--num_processes", "2", "x.py"]
-    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv))
-    return {k: v for k, v in prepare_multi_gpu_env(args).items() if k == "ACCELERATE_USE_FSDP" or k.startswith("FSDP_")}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_configs()[config]),
+           "--num_processes", "2", "--main_process_port", str(port), *script_args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
 
 
 def torchrun(script_args: list[str], env: dict, port: int) -> subprocess.CompletedProcess:
@@ -99,13 +101,13 @@ def test_fsdp_train_dpo_equals_ddp_on_two_cpu_processes(run_dir, workdir):
     shutil.copytree(run_dir, workdir / "run_ddp")
     # held-out accuracy generates on the main process only, which FSDP's collectives cannot do (docs/scale.md)
     args = ["train", "fast.yaml", "train.steps=2", "train.eval_every=0", "train.eval_problems=0", "train.advantage=dpo"]
-    env = {"LCO_TEST_RECORD": str(workdir / "record")}
-    ddp = torchrun(["launch_cpu_fsdp.py", *args, "--run-dir", "run_ddp"], env, 29641)
+    ddp = accelerate_launch("ddp", ["launch_cpu_fsdp.py", *args, "--run-dir", "run_ddp"], 29641, {"LCO_TEST_RECORD": str(workdir / "ddp")})
     assert ddp.returncode == 0, ddp.stderr[-4000:]
-    fsdp = torchrun(["launch_cpu_fsdp.py", *args, "--run-dir", "run"], {**env, **fsdp_env_from_bundled_config()}, 29643)
+    fsdp = accelerate_launch("fsdp", ["launch_cpu_fsdp.py", *args, "--run-dir", "run"], 29643, {"LCO_TEST_RECORD": str(workdir / "fsdp")})
     assert fsdp.returncode == 0, fsdp.stderr[-4000:]
 
-    record = json.loads((workdir / "record.1").read_text())  # the FSDP run wrote it last
+    assert json.loads((workdir / "ddp.0").read_text())["distributed_type"] == "DistributedType.MULTI_CPU"
+    record = json.loads((workdir / "fsdp.1").read_text())
     assert record["distributed_type"] == "DistributedType.FSDP"
     # auto wrap by decoder layer: each of the 2 layers is its own unit, plus the root
     assert record["fsdp_units"] == ["FSDPHiddenStatesLM", "FSDPQwen2DecoderLayer"] and record["n_units"] == 3
