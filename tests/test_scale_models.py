@@ -197,10 +197,11 @@ def test_bf16_mixed_precision_in_every_stage_keeps_float32_master_weights(runner
     assert bf16["loss"] != fp32["loss"]  # autocast really ran the matmuls in bfloat16
     if stage != "train":
         # Step 1 starts from the same weights: the loss differs only by bfloat16 rounding of the
-        # matmuls (8-bit mantissa, ~0.4% per product, partly averaging out over the batch); 3%
-        # bounds it. (train's LCO loss is a small difference of near-equal terms, so only finiteness
-        # is meaningful there.)
-        assert bf16["loss"] == pytest.approx(fp32["loss"], rel=3e-2)
+        # matmuls (8-bit mantissa, ~0.4% per product, mostly averaging out over the batch's tokens).
+        # Seen: 3.5e-6 (sft) and 3.3e-5 (rm) relative; 1e-3 leaves room and still catches a loss
+        # computed on the wrong tokens or model. (train's LCO loss is a small difference of
+        # near-equal terms, so only finiteness is meaningful there.)
+        assert bf16["loss"] == pytest.approx(fp32["loss"], rel=1e-3)
     assert math.isfinite(bf16["loss"])
     final = load_file(str(workdir / "run_bf16" / folder / "final/model.safetensors"))
     assert {t.dtype for t in final.values()} == {torch.float32}  # master weights stay float32
