@@ -3,7 +3,7 @@
 Same interface as `generation.HFEngine`: `generate(prompt_ids, n, ...) -> Rollouts` and
 `sync_weights(model)`. Imported only when `train.rollout.engine: vllm` or `eval.engine: vllm`.
 
-Targets vLLM 0.11 – 0.31 (the V1 engine; the range TRL 1.16 supports for its colocate mode) and uses
+Targets vLLM 0.22 – 0.31 (the V1 engine; the range TRL 1.16 supports for its colocate mode) and uses
 only `LLM`'s public methods: `generate`, `collective_rpc`, `sleep` / `wake_up` and
 `reset_prefix_cache`. **It has not been run**: no GPU or vLLM install was available where it was
 written; the contract (what is called, with what) is tested against a fake `LLM` in
