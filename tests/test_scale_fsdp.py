@@ -99,8 +99,9 @@ def test_presets_accelerate_prints_bundled_configs(runner, workdir):
 def test_fsdp_train_dpo_equals_ddp_on_two_cpu_processes(run_dir, workdir):
     (workdir / "launch_cpu_fsdp.py").write_text(LAUNCHER)
     shutil.copytree(run_dir, workdir / "run_ddp")
-    # held-out accuracy generates on the main process only, which FSDP's collectives cannot do (docs/scale.md)
-    args = ["train", "fast.yaml", "train.steps=2", "train.eval_every=0", "train.eval_problems=0", "train.advantage=dpo"]
+    # held-out accuracy and checkpoints run on the main process only: FSDP refuses them (docs/scale.md)
+    args = ["train", "fast.yaml", "train.steps=2", "train.eval_every=0", "train.eval_problems=0", "train.advantage=dpo",
+            "train.checkpoint_every=2"]
     ddp = accelerate_launch("ddp", ["launch_cpu_fsdp.py", *args, "--run-dir", "run_ddp"], 29641, {"LCO_TEST_RECORD": str(workdir / "ddp")})
     assert ddp.returncode == 0, ddp.stderr[-4000:]
     fsdp = accelerate_launch("fsdp", ["launch_cpu_fsdp.py", *args, "--run-dir", "run"], 29643, {"LCO_TEST_RECORD": str(workdir / "fsdp")})
@@ -204,3 +205,17 @@ def test_wheel_ships_the_accelerate_configs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     names = zipfile.ZipFile(next(tmp_path.glob("lco-*.whl"))).namelist()
     assert {f"lco_cli/launch/{n}.yaml" for n in ("ddp", "fsdp", "deepspeed_zero3")} <= set(names)
+
+
+def test_fsdp_refuses_main_process_only_work_instead_of_hanging(monkeypatch):
+    from lco_cli.config import TrainConfig
+    from lco_cli.engines.sharding import ready_for_fsdp
+    from lco_cli.errors import ConfigError
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match="train.eval_problems"):
+        ready_for_fsdp(None, TrainConfig(eval_problems=8))
+    with pytest.raises(ConfigError, match="train.checkpoint_every"):
+        ready_for_fsdp(None, TrainConfig(eval_problems=0, steps=10, checkpoint_every=5))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    assert ready_for_fsdp("policy", TrainConfig()) == "policy"  # no FSDP: untouched, nothing checked

@@ -184,7 +184,7 @@ def run_train(ctx: Context) -> dict:
         tok = models.load_tokenizer(init, p.model)
         task = get_task(p.task, p.seed)
         reward, adv_source = load_reward(ctx, tok, acc.device)
-        policy = sharding.ready_for_fsdp(HiddenStatesLM(models.load_model(init, p.model, trainable=True)))
+        policy = sharding.ready_for_fsdp(HiddenStatesLM(models.load_model(init, p.model, trainable=True)), cfg)
         reference = models.reference_for(policy) or HiddenStatesLM(models.load_model(init, p.model, trainable=False)).to(acc.device)
         opt_steps = cfg.steps * cfg.update_epochs * cfg.minibatches
         opt = make_optimizer(policy, cfg.lr, cfg.weight_decay)

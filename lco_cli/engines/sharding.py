@@ -67,8 +67,20 @@ def is_sharded(module) -> bool:
     return isinstance(module, FSDPModule)
 
 
-def ready_for_fsdp(policy):
-    """Prepare a `HiddenStatesLM` for FSDP2 before `accelerate.prepare` (a no-op without FSDP).
+def check_train_config_for_fsdp(cfg) -> None:
+    """Settings whose work runs on the main process only, which FSDP's collectives would deadlock
+    on: refuse them up front (exit 2) rather than hang."""
+    if cfg.eval_problems > 0:
+        raise ConfigError("train.eval_problems: the held-out accuracy generates on the main process only, which FSDP "
+                          "cannot do; set train.eval_problems=0 and run `lco eval` afterwards")
+    if cfg.checkpoint_every < cfg.steps:
+        raise ConfigError("train.checkpoint_every: checkpoints are written by the main process only, which FSDP cannot "
+                          f"do yet; set it to at least train.steps ({cfg.steps})")
+
+
+def ready_for_fsdp(policy, cfg):
+    """Prepare a `HiddenStatesLM` for FSDP2 before `accelerate.prepare` (a no-op without FSDP);
+    `cfg` (the train section) is checked with `check_train_config_for_fsdp` first.
 
     * auto wrap by decoder layer: accelerate wraps the classes named in the prepared module's
       `_no_split_modules`; the wrapper takes the LM's (e.g. ['Qwen2DecoderLayer']).
@@ -79,6 +91,7 @@ def ready_for_fsdp(policy):
     """
     if not fsdp_requested():
         return policy
+    check_train_config_for_fsdp(cfg)
     lm = policy.lm
     base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
     policy._no_split_modules = list(getattr(base, "_no_split_modules", None) or [])
