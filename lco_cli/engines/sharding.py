@@ -84,7 +84,7 @@ def ready_for_fsdp(policy, cfg):
 
     * auto wrap by decoder layer: accelerate wraps the classes named in the prepared module's
       `_no_split_modules`; the wrapper takes the LM's (e.g. ['Qwen2DecoderLayer']).
-    * rollouts and held-out generation call the LM directly, outside the root's forward, where the
+    * rollouts (`generate`) call the LM directly, outside the root's forward, where the
       root-owned parameters (embeddings, final norm, lm_head) are still sharded: a forward pre-hook
       on the LM unshards them first, and transformers' `generate` is told the LM is FSDP-managed,
       so it keeps every rank stepping until all are done (`synced_gpus`), as collectives require.
@@ -97,7 +97,7 @@ def ready_for_fsdp(policy, cfg):
     policy._no_split_modules = list(getattr(base, "_no_split_modules", None) or [])
     lm._is_fsdp_managed_module = True  # read by transformers.generate -> synced_gpus
 
-    root_initialised = []
+    root_initialised: list[bool] = []  # set once the root has run a forward
 
     def unshard_root(_module, _args):
         if not is_sharded(policy):
