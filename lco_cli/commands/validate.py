@@ -10,7 +10,7 @@ import click
 from lco_cli.config import STAGES, config_hash, to_dict
 from lco_cli.errors import ConfigError, MissingArtifactError
 from lco_cli.runtime.inputs import input_problems
-from lco_cli.runtime.models import parse_tiny_spec
+from lco_cli.runtime.models import benchmark_only_warning, check_policy_spec
 from lco_cli.commands.common import split_args
 
 
@@ -21,8 +21,7 @@ def command(args):
 
     preset_arg, overrides = split_args(args)
     name, preset = load(preset_arg, overrides)
-    if preset.model.policy.startswith("tiny"):
-        parse_tiny_spec(preset.model.policy)
+    check_policy_spec(preset.model.policy)
     problems = input_problems(preset, STAGES)
     if problems:
         messages = [message for _, message in problems]
@@ -30,4 +29,6 @@ def command(args):
         if any(code == ConfigError.exit_code for code, _ in problems):
             raise ConfigError(summary, messages)
         raise MissingArtifactError(summary, messages)
+    if warning := benchmark_only_warning(preset.model.policy):
+        click.echo(warning, err=True)
     click.echo(f"{name}: valid (config hash {config_hash(to_dict(preset))})")

@@ -69,18 +69,31 @@ class LoraConfig:
     alpha: int = F(32, doc="LoRA scaling alpha.", gt=0)
     dropout: float = F(0.05, doc="LoRA dropout.", ge=0, le=1)
     target_modules: Union[str, list[str]] = F("all-linear", doc="Modules to adapt ('all-linear' or a list of names).")
+    save: str = F("merged", doc="final/ holds 'merged' weights (plain from_pretrained) or the 'adapter' only (adapter_model.safetensors + adapter_config.json for peft; the base is named in lco_stage.json).",
+                  choices=("merged", "adapter"))
+
+
+@dataclass
+class VLLMConfig:
+    """The vLLM engine (`train.rollout.engine: vllm`, `eval.engine: vllm`; GPU only, optional extra)."""
+
+    tensor_parallel_size: int = F(1, doc="GPUs one vLLM engine shards the model over: that many training processes form one colocated vLLM group (must divide the process count).", gt=0)
+    gpu_memory_utilization: float = F(0.3, doc="Fraction of GPU memory vLLM may take (weights + KV cache); the rest is the trainer's.", gt=0, le=1)
+    sleep_mode: bool = F(True, doc="In train, free vLLM's weights and KV cache between rollouts (LLM.sleep(level=2)); wake_up brings them back before the weight push and the next rollout.")
 
 
 @dataclass
 class ModelConfig:
     """The initial policy and how models are loaded."""
 
-    policy: str = F("tiny", doc="Hub id, local path, or built-in spec 'tiny' / 'tiny:hidden=128,layers=4,heads=4'.")
-    dtype: str = F("float32", doc="Weights dtype.", choices=("float32", "bfloat16", "float16"))
+    policy: str = F("tiny", doc="Hub id, local path, built-in spec 'tiny' / 'tiny:hidden=128,layers=4,heads=4', or 'random:ARCH' (a randomly initialised real-size model for benchmarks only; ARCH: qwen2.5-3b, qwen2.5-7b, qwen3-4b, qwen3-8b, llama3.2-3b, llama3.1-8b).")
+    dtype: str = F("auto", doc="Weights dtype. 'auto': frozen models (reference, φ_DPO, φ_ref) in bfloat16 where CUDA supports it, else float32; trained models keep float32 master weights (use the stage's mixed_precision: bf16 for bf16 compute). An explicit dtype applies to every model.",
+                   choices=("auto", "float32", "bfloat16", "float16"))
     trust_remote_code: bool = F(False, doc="Allow custom model code from the hub (off unless you trust it).")
     attn_implementation: Optional[str] = F(None, doc="Attention kernel passed to from_pretrained (e.g. 'sdpa', 'flash_attention_2').")
     gradient_checkpointing: bool = F(False, doc="Recompute activations in backward to save memory.")
     lora: LoraConfig = F(doc="LoRA settings.", factory=LoraConfig)
+    vllm: VLLMConfig = F(doc="vLLM engine settings.", factory=VLLMConfig)
 
 
 @dataclass
@@ -271,6 +284,7 @@ class EvalConfig:
     rates, reward-model scores, MMLU accuracy (docs/evaluations.md)."""
 
     policies: list[str] = F(doc="Stage names, 'base', 'pi_star', 'rm', paths or hub ids.", factory=lambda: ["sft", "train"])
+    engine: str = F("hf", doc="Generation engine: 'hf' (transformers generate) or 'vllm' (GPU, optional extra; settings in model.vllm).", choices=("hf", "vllm"))
     benchmarks: list[str] = F(doc="Benchmark names.", factory=lambda: ["arith"], choices=BENCHMARK_NAMES)
     samples: int = F(4, doc="k samples per problem (pass@1 benchmarks; the others take one response per prompt).", ge=1)
     temperature: float = F(0.6, doc="Sampling temperature (0 = greedy; paper: 0.6).", ge=0)

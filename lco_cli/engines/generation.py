@@ -172,11 +172,23 @@ def _cut_at_eos(tokens: list[int], eos: int) -> tuple[list[int], bool]:
     return tokens, True
 
 
-def make_engine(kind: str, model, tokenizer, batch_size: int):
+def make_engine(kind: str, model, tokenizer, batch_size: int, vllm_settings=None, *, source: str | None = None,
+                key: str = "train.rollout.engine"):
+    """The generation engine named by `kind` ('hf' | 'vllm').
+
+    `vllm_settings`: `model.vllm` (defaults when None); `source`: a model folder vLLM may load
+    directly instead of the weights of `model` (eval); `key`: the preset key named in errors."""
     if kind == "vllm":  # imported lazily: the CPU path never imports vllm
+        import importlib.util
+
+        from lco_cli.errors import ConfigError
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError(f"{key}: 'vllm' needs the optional extra (pip install 'lco[vllm]') and a GPU")
+        from lco_cli.config.schema import VLLMConfig
         from lco_cli.engines.vllm import VLLMEngine
 
-        return VLLMEngine(model, tokenizer, batch_size)
+        return VLLMEngine(model, tokenizer, batch_size, vllm_settings or VLLMConfig(), source=source)
     return HFEngine(model, tokenizer, batch_size)
 
 

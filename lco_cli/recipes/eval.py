@@ -22,7 +22,7 @@ from lco_cli.runtime import models
 from lco_cli.evals.benchmarks import Problem, get_benchmark
 from lco_cli.engines.composite import CompositeEngine, pi_star_logits
 from lco_cli.errors import MissingArtifactError
-from lco_cli.engines.generation import HFEngine, encode_prompts
+from lco_cli.engines.generation import encode_prompts, make_engine
 from lco_cli.rl.advantage_sources import read_rm_meta, reference_of
 from lco_cli.runtime.rundir import atomic_write_json, atomic_write_text
 from lco_cli.tasks import get_task
@@ -83,7 +83,7 @@ def load_policy(name: str, ctx: Context) -> Policy:
     ref = models.resolve_model_ref(name, ctx.run, p)
     tok = models.load_tokenizer(ref, p.model)
     model = models.load_model(ref, p.model, trainable=False).to(device())
-    return Policy(name, HFEngine(model, tok, cfg.batch_size), tok, ref)
+    return Policy(name, make_engine(cfg.engine, model, tok, cfg.batch_size, p.model.vllm, source=ref, key="eval.engine"), tok, ref)
 
 
 def load_pi_star(ctx: Context) -> Policy:

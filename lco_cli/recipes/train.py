@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lco_cli.engines import sharding
 from lco_cli.engines.generation import make_engine
 from lco_cli.errors import StageFailedError
 from lco_cli.rl.advantage_sources import load_advantage_sources
@@ -59,8 +60,9 @@ def run_train(ctx: Context) -> dict:
         init = models.resolve_model_ref(cfg.init_from, ctx.run, p)
         tok = models.load_tokenizer(init, p.model)
         reward, adv_source = load_advantage_sources(p, ctx.run, cfg, tok, acc.device)
-        policy = HiddenStatesLM(models.load_model(init, p.model, trainable=True))
-        reference = HiddenStatesLM(models.load_model(init, p.model, trainable=False)).to(acc.device)
+        policy = sharding.ready_for_fsdp(HiddenStatesLM(models.load_model(init, p.model, trainable=True)), cfg)
+        # With LoRA the reference is the policy with its adapters disabled, not a second copy.
+        reference = models.reference_for(policy) or HiddenStatesLM(models.load_model(init, p.model, trainable=False)).to(acc.device)
         opt_steps = cfg.steps * cfg.update_epochs * cfg.minibatches
         opt = make_optimizer(policy, cfg.lr, cfg.weight_decay)
         sched = make_scheduler(opt, opt_steps, cfg.warmup_steps, kind="constant")
@@ -74,7 +76,7 @@ def run_train(ctx: Context) -> dict:
         if acc.is_main_process:
             sd.metrics.truncate_after(start)
             rollout_log.truncate_after(start)
-        engine = make_engine(cfg.rollout.engine, acc.unwrap_model(policy).lm, tok, cfg.rollout.batch_size)
+        engine = make_engine(cfg.rollout.engine, acc.unwrap_model(policy).lm, tok, cfg.rollout.batch_size, p.model.vllm)
         sampler = Sampler(cfg, engine, policy, tok, task, reward, acc, p.seed, reward_fn=reward_fn)
         samples_total = state.get("rollout_samples", 0)
         trainable = [q for q in policy.parameters() if q.requires_grad]
@@ -131,10 +133,12 @@ def run_train(ctx: Context) -> dict:
             maybe_interrupt(step)
         progress.close()
         sd.final_step = cfg.steps
+        full_state = sharding.gather_state_for_save(acc, policy)  # collective under FSDP, None otherwise
         if acc.is_main_process:
             atomic_write_json(sd.path / "eval.json", result)
             models.save_final(acc.unwrap_model(policy).lm, tok, sd.final,
-                              {"lco_stage.json": {"stage": "train", "init_from": init, "algo": cfg.algo, "steps": cfg.steps}})
+                              {"lco_stage.json": {"stage": "train", "init_from": init, "algo": cfg.algo, "steps": cfg.steps}},
+                              state_dict=full_state)
         acc.wait_for_everyone()
         return result
 

@@ -22,6 +22,7 @@ import torch
 
 from lco_cli.config.typed import build
 from lco_cli.engines.chunked import VocabHead, chunked_entropy_and_logprobs
+from lco_cli.engines.sharding import full_weight
 from lco_cli.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,10 +61,10 @@ def head_of(model, vocab: int | None = None) -> tuple[torch.Tensor, torch.Tensor
     past it are embedding padding (Qwen2.5-3B has 151,936 rows for 151,665 tokens); they get no
     probability mass and models of one tokenizer but different padding compare over the same tokens."""
     head = (model.module if hasattr(model, "module") else model).head()
-    bias = getattr(head, "bias", None)
+    weight, bias = full_weight(head.weight), full_weight(getattr(head, "bias", None))  # whole under FSDP2
     if vocab is None:
-        return head.weight, bias
-    return head.weight[:vocab], None if bias is None else bias[:vocab]
+        return weight, bias
+    return weight[:vocab], None if bias is None else bias[:vocab]
 
 
 def flat(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,14 @@
-"""Model references, loading, LoRA, saving — and the built-in tiny model.
+"""Model references, loading (dtype, checkpointing, LoRA), saving — and the built-in models.
 
-Every stage loads models the same way, whether `model.policy` is a hub id, a local folder, or the
-built-in `tiny` spec (which is built once into `RUN_DIR/base/` as an ordinary HF folder, so later
-stages load it exactly like a hub model).
+Every stage loads models the same way, whether `model.policy` is a hub id, a local folder, the
+built-in `tiny` spec or a `random:ARCH` real-size architecture (both built once into `RUN_DIR/base/`
+as an ordinary HF folder, so later stages load them exactly like a hub model).
+
+Precision (`model.dtype: auto`, the default): frozen models (reference, φ_DPO, φ_ref) load in the
+compute dtype — bfloat16 where CUDA supports it, else float32 — and trained models keep float32
+master weights (bf16 compute through the stage's `mixed_precision`): AdamW moves a weight by about
+lr per step (paper: 5e-6), under half of bfloat16's spacing near a typical weight (|w| ≈ 0.02:
+2⁻⁸·0.02 ≈ 8e-5), so pure-bf16 updates would round away.
 """
 from __future__ import annotations
 
@@ -13,6 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lco_cli.errors import ConfigError, MissingArtifactError
+from lco_cli.runtime.architectures import RANDOM_PREFIX, build_random_model, parse_random_spec
+# ReferenceView / reference_for are re-exported: the train stage calls `models.reference_for(policy)`.
+from lco_cli.runtime.lora import (LORA_SAVE_ATTR, ReferenceView, adapter_base, apply_lora, is_adapter_dir,  # noqa: F401
+                                  reference_for, save_adapter)
 from lco_cli.runtime.rundir import STAGES_WITH_FINAL, atomic_dir
 from lco_cli.tasks.tiny_math import resolve_spec as resolve_tiny_math
 
@@ -94,6 +104,49 @@ def _build_tiny(wanted: dict, out_dir: Path, seed: int, arch: dict) -> Path:
     return out_dir
 
 
+def build_random(spec: str, seed: int, out_dir: Path) -> Path:
+    """Build a random-weight real-size model (`random:ARCH`) into `out_dir` in bfloat16 (idempotent, atomic)."""
+    name = parse_random_spec(spec)
+    marker = out_dir / "lco_random.json"
+    wanted = {"spec": spec, "seed": seed}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and json.loads(marker.read_text()) == wanted:
+            return out_dir
+        import torch
+
+        model, tok = build_random_model(name, seed, dtype=torch.bfloat16)  # bf16 on disk, as published
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            (tmp / "lco_random.json").write_text(json.dumps(wanted))
+        return out_dir
+
+
+def build_builtin(spec: str, seed: int, out_dir: Path) -> Path | None:
+    """Build `tiny…` or `random:…` into `out_dir`; None when `spec` is neither."""
+    if parse_tiny_spec(spec) is not None:
+        return build_tiny(spec, seed, out_dir)
+    if parse_random_spec(spec) is not None:
+        return build_random(spec, seed, out_dir)
+    return None
+
+
+def check_policy_spec(policy: str) -> None:
+    """Raise ConfigError (exit 2) for a malformed built-in spec; other references are checked when loaded."""
+    parse_tiny_spec(policy)
+    parse_random_spec(policy)
+
+
+def benchmark_only_warning(policy: str) -> str | None:
+    """The warning `lco validate` prints for `random:` policies (they are for benchmarks only)."""
+    if not policy.startswith(RANDOM_PREFIX):
+        return None
+    return (f"warning: model.policy '{policy}' is a randomly initialised model with a stand-in tokenizer: for "
+            "benchmarks only (memory, step time, GPU checks); nothing it learns or scores means anything")
+
+
 def looks_like_path(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or Path(ref).suffix in (".json", ".jsonl", ".yaml")
 
@@ -103,16 +156,18 @@ def resolve_model_ref(ref: str, run: "RunDir", preset: "Preset") -> str:
     ref = resolve_tiny_math(preset.model.policy if ref == "base" else ref, preset.seed, run.path / "base") or ref
     if ref == "base":
         policy = preset.model.policy
-        if parse_tiny_spec(policy) is not None:
-            return str(build_tiny(policy, preset.seed, run.path / "base"))
+        built = build_builtin(policy, preset.seed, run.path / "base")
+        if built is not None:
+            return str(built)
         return resolve_model_ref(policy, run, preset) if policy in STAGES_WITH_FINAL else policy
     if ref in STAGES_WITH_FINAL:
         final = run.stage(ref).final
         if not final.exists():
             raise MissingArtifactError(f"stage '{ref}' has no output: {final} (run `lco {ref}` first)")
         return str(final)
-    if parse_tiny_spec(ref) is not None:
-        return str(build_tiny(ref, preset.seed, run.path / "base"))
+    built = build_builtin(ref, preset.seed, run.path / "base")
+    if built is not None:
+        return str(built)
     path = Path(ref).expanduser()
     if path.exists():
         return str(path)
@@ -127,6 +182,20 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def auto_compute_dtype() -> str:
+    """'bfloat16' where CUDA supports it, else 'float32' (CPUs run bf16 matmuls slowly and inexactly)."""
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+
+
+def weights_dtype(cfg: "ModelConfig", *, trainable: bool):
+    """The dtype a model is loaded in: `model.dtype`, with 'auto' resolved (see the module doc)."""
+    if cfg.dtype != "auto":
+        return torch_dtype(cfg.dtype)
+    return torch_dtype("float32" if trainable else auto_compute_dtype())
+
+
 def load_tokenizer(ref: str, cfg: "ModelConfig"):
     from transformers import AutoTokenizer
 
@@ -138,21 +207,17 @@ def load_tokenizer(ref: str, cfg: "ModelConfig"):
 
 
 def load_model(ref: str, cfg: "ModelConfig", *, trainable: bool = True):
-    """Load a causal LM from a folder or hub id (safetensors, no remote code unless allowed)."""
-    from transformers import AutoModelForCausalLM
+    """Load a causal LM from a folder or hub id (safetensors, no remote code unless allowed).
 
-    kwargs = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
-    try:
-        model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
-    except OSError as exc:
-        raise MissingArtifactError(f"could not load model '{ref}': {str(exc).splitlines()[0]}") from None
+    A folder holding a LoRA adapter (`model.lora.save: adapter`) loads as its base with the
+    adapter merged in. Frozen models come back in eval mode with requires_grad off everywhere, so
+    no optimizer ever holds state for them."""
+    model = _from_pretrained(ref, cfg, weights_dtype(cfg, trainable=trainable))
     if trainable:
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_checkpointing(model)
         if cfg.lora.enabled:
-            model = apply_lora(model, cfg)
+            model = apply_lora(model, cfg, base_ref=ref)
         model.train()
     else:
         model.eval()
@@ -160,12 +225,31 @@ def load_model(ref: str, cfg: "ModelConfig", *, trainable: bool = True):
     return model
 
 
-def apply_lora(model, cfg: "ModelConfig"):
-    from peft import LoraConfig, get_peft_model
+def _from_pretrained(ref: str, cfg: "ModelConfig", dtype):
+    from transformers import AutoModelForCausalLM
 
-    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
-    return get_peft_model(model, lcfg)
+    if is_adapter_dir(ref):
+        from peft import PeftModel
+
+        base = _from_pretrained(adapter_base(ref), cfg, dtype)
+        return PeftModel.from_pretrained(base, ref).merge_and_unload()
+    kwargs = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    try:
+        return AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+    except OSError as exc:
+        raise MissingArtifactError(f"could not load model '{ref}': {str(exc).splitlines()[0]}") from None
+
+
+def enable_checkpointing(model) -> None:
+    """Activation checkpointing of every decoder layer, non-reentrant (works with LoRA's frozen
+    embeddings, DDP and FSDP2; transformers' default since 5.x, spelled out so it never changes)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # pragma: no cover - older transformers
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def unwrap_for_save(model):
@@ -177,12 +261,20 @@ def unwrap_for_save(model):
     return model
 
 
-def save_final(model, tokenizer, final_dir: Path, extra: dict[str, dict] | None = None) -> None:
-    """Write final/ atomically: safetensors weights, tokenizer, and optional JSON side files."""
+def save_final(model, tokenizer, final_dir: Path, extra: dict[str, dict] | None = None, state_dict: dict | None = None) -> None:
+    """Write final/ atomically: weights (merged, or the LoRA adapter alone when `model.lora.save:
+    adapter`), tokenizer, and optional JSON side files (`lco_stage.json` then names the base).
+    `state_dict`: the full weights gathered from a sharded (FSDP) model, saved instead of `model`'s."""
+    extra = dict(extra or {})
     with atomic_dir(final_dir) as tmp:
-        unwrap_for_save(model).save_pretrained(tmp, safe_serialization=True)
+        if getattr(model, LORA_SAVE_ATTR, "merged") == "adapter":
+            extra["lco_stage.json"] = {**extra.get("lco_stage.json", {}), **save_adapter(model, tmp, final_dir)}
+        elif state_dict is not None:
+            model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        else:
+            unwrap_for_save(model).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        for name, obj in (extra or {}).items():
+        for name, obj in extra.items():
             (tmp / name).write_text(json.dumps(obj, indent=2))
 
 
