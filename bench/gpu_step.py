@@ -89,7 +89,7 @@ class Row:
 def build_models(setup: Setup, tmp: Path):
     """Policy (trainable, saved once for PPO's value-model init), its frozen reference, φ_DPO, φ_ref."""
     from lco_cli.config import ModelConfig
-    from lco_cli.rl.reward import DPOReward
+    from lco_cli.rl.advantage_sources import DPOReward
     from lco_cli.rl.update import HiddenStatesLM
     from lco_cli.runtime import models
     from lco_cli.runtime.architectures import ARCHITECTURES, build_random_model

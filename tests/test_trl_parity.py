@@ -21,8 +21,10 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from trl.experimental.gkd import GKDTrainer  # noqa: E402  (trl is a test dependency: no skip)
 from trl.rewards import get_soft_overlong_punishment  # noqa: E402
 
-from lco_cli.commands.rm import dpo_loss  # noqa: E402
-from lco_cli.losses.baselines import DAPO, GRPO, GSPO, gkd_token_loss, overlong_reward_shaping  # noqa: E402
+from lco_cli.losses.distillation import gkd_token_loss  # noqa: E402
+from lco_cli.losses.dpo import dpo_loss  # noqa: E402
+from lco_cli.losses.estimators import overlong_reward_shaping  # noqa: E402
+from lco_cli.losses.policy_gradient import DAPO, GRPO, GSPO  # noqa: E402
 
 D = torch.float64
 
