@@ -114,8 +114,7 @@ def build_models(setup: Setup, tmp: Path):
     reference = HiddenStatesLM(models.load_model(str(init_dir), model_cfg, trainable=False).to(setup.device))
     # DPOReward without its folder: the same object the train stage builds from rm/final, with the
     # models assigned directly (writing 2 × 15 GB to disk only to read it back would dominate the run).
-    reward = DPOReward.__new__(DPOReward)
-    reward.rm, reward.ref, reward.beta, reward.tokenizer, reward.rm_dir, reward.meta = rm_lm, ref_lm, 0.1, tok, "", {}
+    reward = DPOReward.from_models(rm_lm, ref_lm, tok)
     return policy_lm, reference, reward, tok, init_dir, model_cfg
 
 

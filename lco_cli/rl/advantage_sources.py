@@ -69,6 +69,13 @@ class DPOReward:
         self.rm = models.load_model(self.rm_dir, model_cfg, trainable=False).to(device)
         self.ref = models.load_model(ref_dir, model_cfg, trainable=False).to(device)
 
+    @classmethod
+    def from_models(cls, rm, ref, tokenizer, vocab: int | None = None) -> "DPOReward":
+        """The same source from models already in memory (benchmarks at real sizes skip the disk round trip)."""
+        reward = cls.__new__(cls)
+        reward.rm, reward.ref, reward.tokenizer, reward.rm_dir, reward.vocab = rm, ref, tokenizer, "", vocab
+        return reward
+
     @torch.no_grad()
     def token_logratios(self, input_ids, attention_mask) -> torch.Tensor:
         """log φ_DPO − log φ_ref of each next token: [B, L-1]."""
