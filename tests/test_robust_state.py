@@ -81,3 +81,15 @@ def test_time_based_checkpoints(runner, fast_preset, workdir, monkeypatch):
                  "sft.checkpoint_every_minutes=0.001", "sft.keep_checkpoints=5", "sft.eval_problems=0")
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (workdir / "r/sft/checkpoints").iterdir()) == ["step-000001", "step-000002"]
+
+
+def test_stale_temp_files_in_eval_samples_removed(tmp_path):
+    from lco_cli.runtime.rundir import RunDir
+
+    sd = RunDir(tmp_path).stage("eval")
+    stale = sd.path / "samples/train/.arith.summary.json.dma1ud68.tmp"  # left by a kill -9 in atomic_write_text
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{")
+    keep = sd.path / "samples/train/arith.jsonl"
+    keep.write_text("{}\n")
+    assert sd.remove_stale_temp() == [stale] and keep.exists() and not stale.exists()

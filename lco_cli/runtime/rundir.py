@@ -207,8 +207,10 @@ class StageDir:
     def remove_stale_temp(self) -> list[Path]:
         """Temp files and folders a killed writer left (`.name.XXXX.tmp`, `.final.old`); call under the lock."""
         removed = []
-        for folder in (self.path, self.checkpoints_dir, self.path / "samples"):
-            if not folder.is_dir():
+        samples = self.path / "samples"  # eval: samples/<policy>/<benchmark>.jsonl
+        folders = [self.path, self.checkpoints_dir, samples, *(samples.rglob("*") if samples.is_dir() else [])]
+        for folder in folders:
+            if not folder.is_dir() or not folder.exists():
                 continue
             for child in folder.iterdir():
                 if child.name.startswith(".") and (child.name.endswith((".tmp", ".old", ".swap"))):
