@@ -77,3 +77,17 @@ def test_quiet_run_with_tensorboard_events(fast_preset, workdir):
     events = EventAccumulator(str(workdir / "r/sft/tensorboard/sft"))
     events.Reload()
     assert [e.step for e in events.Scalars("loss")] == [1, 2]
+
+
+def test_tracker_without_its_package_is_exit_2(runner):
+    import importlib.util
+
+    from conftest import invoke
+
+    missing = [t for t in ("wandb", "tensorboard") if importlib.util.find_spec(t) is None]
+    if not missing:
+        import pytest
+
+        pytest.skip("every tracker package is installed here")
+    res = invoke(runner, "validate", "tiny", f"logging.report_to=[{missing[0]}]")
+    assert res.exit_code == 2 and f"logging.report_to: '{missing[0]}' needs its package" in res.output

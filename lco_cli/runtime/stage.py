@@ -182,9 +182,10 @@ def stage_run(run: RunDir, preset_name: str, preset: Preset, stage: str, acceler
                       inputs=stage_inputs(preset, stage), interrupted=False)
         if sd.staged:
             warn(f"{stage}: {plan.reason}")
-        trackers = _start_observers(sd, preset, stage)
-        barrier()
+        trackers: list = []
         try:
+            trackers = _start_observers(sd, preset, stage)
+            barrier()
             yield sd
         except KeyboardInterrupt as exc:
             sd.set_status("failed", error="interrupted", interrupted=True)
