@@ -275,6 +275,19 @@ def _mark_downstream_stale(run: RunDir, stage: str) -> None:
                                    f"rerun it (`lco run` does)")
 
 
+def discard_leftover_staging(run: RunDir, stage: str) -> None:
+    """A staging folder whose status is done after its swap holds the replaced output (the
+    process died before removing it): remove it, unless another process holds the stage."""
+    staging = run.stage(stage).staging()
+    if not staging.path.is_dir() or (staging.status() or {}).get("state") in ("running", "failed"):
+        return
+    try:
+        with run.stage(stage).lock():
+            shutil.rmtree(staging.path, ignore_errors=True)
+    except LcoError:  # locked: its writer cleans up
+        pass
+
+
 def _interrupted(exc: KeyboardInterrupt, sd: StageDir) -> Interrupted:
     """The interruption with a note saying what the next run will do."""
     from lco_cli.runtime.checkpoint import latest_good_checkpoint
