@@ -3,12 +3,9 @@ data files (exit 2 naming key, file and row), missing / non-model paths and unre
 (exit 3), non-finite floats, absurd sizes, duplicate YAML keys, empty presets, alias bombs."""
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
-import yaml
-
 from conftest import invoke
 
 

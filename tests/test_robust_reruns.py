@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 
-from safetensors.torch import load_file
-
 from conftest import invoke, read_jsonl
+from safetensors.torch import load_file
 
 RM_FILE = ["rm.pairs.source=file", "rm.pairs.path=pairs.jsonl"]
 SHORT_TRAIN = ["train.steps=2", "train.eval_every=0", "train.checkpoint_every=1"]

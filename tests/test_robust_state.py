@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import torch
-from safetensors.torch import load_file
-
 from conftest import invoke, read_jsonl
+from safetensors.torch import load_file
 
 CUT = ["sft.checkpoint_every=2", "sft.keep_checkpoints=2"]
 

@@ -26,8 +26,9 @@ from lco_cli.rl.reward import RM_META
 from lco_cli.runtime.rundir import atomic_write_text
 from lco_cli.engines.scoring import sequence_logprob_sums, token_logprobs
 from lco_cli.tasks import get_task
-from lco_cli.runtime.training import (Progress, batch_indices, checkpoint_due, load_checkpoint, make_accelerator, make_optimizer,
-                        make_scheduler, maybe_interrupt, optimizer_step, save_checkpoint, shard, stage_run, total_steps, write_json)
+from lco_cli.runtime.training import (Progress, batch_indices, checkpoint_due, load_checkpoint, make_accelerator,
+                        make_optimizer, make_scheduler, maybe_interrupt, optimizer_step, save_checkpoint, shard, stage_run,
+                        total_steps, write_json)
 from lco_cli.commands.common import Context, resolve, stage_options
 
 

@@ -12,8 +12,9 @@ from lco_cli.data.sft import sft_pairs, tokenize_pair
 from lco_cli.engines.generation import pack
 from lco_cli.engines.scoring import token_logprobs
 from lco_cli.tasks import get_task, greedy_accuracy
-from lco_cli.runtime.training import (Progress, batch_indices, checkpoint_due, load_checkpoint, make_accelerator, make_optimizer,
-                        make_scheduler, maybe_interrupt, optimizer_step, save_checkpoint, shard, stage_run, total_steps, write_json)
+from lco_cli.runtime.training import (Progress, batch_indices, checkpoint_due, load_checkpoint, make_accelerator,
+                        make_optimizer, make_scheduler, maybe_interrupt, optimizer_step, save_checkpoint, shard, stage_run,
+                        total_steps, write_json)
 from lco_cli.commands.common import Context, resolve, stage_options
 
 

@@ -25,8 +25,9 @@ from lco_cli.engines.generation import Rollouts, encode_prompts, make_engine
 from lco_cli.rl.reward import DPOReward
 from lco_cli.rl.rollout import RolloutBatch, from_rollouts
 from lco_cli.tasks import get_task, greedy_accuracy
-from lco_cli.runtime.training import (Progress, batch_indices, check_finite_parameters, checkpoint_due, grad_norm_of, load_checkpoint, make_accelerator, make_optimizer,
-                        make_scheduler, maybe_interrupt, save_checkpoint, shard, stage_run, write_json)
+from lco_cli.runtime.training import (Progress, batch_indices, check_finite_parameters, checkpoint_due, grad_norm_of,
+                        load_checkpoint, make_accelerator, make_optimizer, make_scheduler, maybe_interrupt, save_checkpoint,
+                        shard, stage_run, write_json)
 from lco_cli.commands.common import Context, resolve, stage_options
 
 

@@ -17,15 +17,19 @@ import click
 
 from lco_cli.commands.common import Context
 from lco_cli.runtime.rundir import RunDir, atomic_write_json
-from lco_cli.runtime.stage import (changed_upstream, discard_leftover_staging, plan_stage, stage_config_hash,
-                                   upstream_fingerprint, upstream_stages)
+from lco_cli.runtime.stage import (
+    changed_upstream,
+    discard_leftover_staging,
+    plan_stage,
+    stage_config_hash,
+    upstream_fingerprint,
+    upstream_stages,
+)
 
 
 def _runner(stage: str):
     from lco_cli.commands import eval as eval_cmd
-    from lco_cli.commands import rm
-    from lco_cli.commands import sft
-    from lco_cli.commands import train
+    from lco_cli.commands import rm, sft, train
 
     return {"sft": sft.run_sft, "rm": rm.run_rm, "train": train.run_train, "eval": eval_cmd.run_eval}[stage]
 

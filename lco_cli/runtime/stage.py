@@ -14,8 +14,8 @@ import dataclasses
 import hashlib
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from lco_cli.config import STAGES, Preset, config_hash, dump_yaml, to_dict
 from lco_cli.errors import ConfigError, Interrupted, LcoError
