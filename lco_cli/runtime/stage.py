@@ -61,7 +61,10 @@ def upstream_stages(preset: Preset, stage: str) -> list[str]:
 
 
 def final_digest(folder: Path) -> str:
-    """Content hash of a `final/` folder: sha256 over every file's relative path and bytes."""
+    """Content hash of a `final/` folder: sha256 over every file's relative path and bytes.
+
+    Computed once when the stage finishes (stored in its status.json): ~1 GB/s, so seconds for a
+    3B-parameter model, against minutes to hours of training."""
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
