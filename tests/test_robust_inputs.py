@@ -39,7 +39,12 @@ def test_missing_or_non_model_paths_and_unreachable_hub_exit_3(runner, fast_pres
     (workdir / "notamodel").mkdir()
     res = invoke(runner, "sft", fast_preset, "--run-dir", "r", "model.policy=./notamodel")
     assert res.exit_code == 3 and "model.policy: ./notamodel is not a model folder" in res.output
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what an unreachable hub looks like, without a network call
+    # What an unreachable hub looks like, without a network call. The hub library reads the variable
+    # once at import (an earlier test may have imported it), so its constant is set too.
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     res = invoke(runner, "sft", fast_preset, "--run-dir", "r", "model.policy=some-org/not-cached-model")
     assert res.exit_code == 3 and "model.policy=some-org/not-cached-model" in res.output and no_traceback(res)
 
