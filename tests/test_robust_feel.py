@@ -91,3 +91,28 @@ def test_tracker_without_its_package_is_exit_2(runner):
         pytest.skip("every tracker package is installed here")
     res = invoke(runner, "validate", "tiny", f"logging.report_to=[{missing[0]}]")
     assert res.exit_code == 2 and f"logging.report_to: '{missing[0]}' needs its package" in res.output
+
+
+def test_eta_through_the_cli_on_a_pty(fast_preset, workdir):
+    """`lco sft` with stderr on a terminal (a pty): the bar shows a real ETA, not -:--:--."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "lco_cli", "sft", str(fast_preset), "--run-dir", "r", "sft.max_steps=3",
+                             "sft.eval_problems=0"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "LCO_STEP_DELAY": "0.3", "COLUMNS": "160"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, screen[-2000:]
+    assert "3/3" in screen and "eta 0:00:0" in screen  # 0.3 s steps: a few seconds left after step 1

@@ -38,7 +38,7 @@ def test_sigterm_sighup_and_kill9_then_exact_resume(runner, fast_preset, workdir
     st = status(run)
     assert st["state"] == "failed" and st["interrupted"] is True
     # kill -9 once step 4 is logged (the step-3 checkpoint exists): nothing can run, nothing may be lost.
-    proc = lco("sft", fast_preset, "--run-dir", run, *ARGS, env_extra={"LCO_STEP_DELAY": "0.5"})
+    proc = lco("sft", fast_preset, "--run-dir", run, *ARGS, env_extra={"LCO_STEP_DELAY": "0.3"})
     metrics = run / "sft/metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.exists() and any(r["step"] >= 4 for r in read_jsonl(metrics))):
