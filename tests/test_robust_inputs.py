@@ -95,3 +95,9 @@ def test_unwritable_run_dir_is_one_message(runner, fast_preset, workdir):
         (workdir / "ro").mkdir(mode=0o555)
         res = invoke(runner, "sft", fast_preset, "--run-dir", "ro/run")
         assert res.exit_code == 1 and "cannot write ro/run" in res.output and "Permission denied" in res.output
+
+
+def test_validate_accepts_hub_dataset_ids_without_an_org(runner):
+    """datasets has canonical ids without an org ('gsm8k'): a form check, never 'file not found'."""
+    res = invoke(runner, "validate", "tiny", "sft.data.source=gsm8k", "rm.pairs.source=hub", "rm.pairs.path=some-org/prefs")
+    assert res.exit_code == 0, res.output
