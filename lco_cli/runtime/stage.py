@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lco_cli.config import STAGES, Preset, config_hash, dump_yaml, to_dict
-from lco_cli.errors import ConfigError, Interrupted, LcoError
+from lco_cli.errors import ConfigError, Interrupted, LcoError, StageLockedError
 from lco_cli.runtime.console import warn
 from lco_cli.runtime.rundir import STAGES_WITH_FINAL, RunDir, StageDir, atomic_write_json, atomic_write_text, exchange_dirs
 
@@ -221,8 +221,9 @@ def _check_inputs(run: RunDir, preset: Preset, stage: str, record: bool) -> None
     except LcoError as exc:
         sd = run.stage(stage)
         if record and not sd.is_done():
-            with sd.lock():
-                sd.set_status("failed", error=exc.message)
+            with contextlib.suppress(StageLockedError):  # another process runs it: leave its status alone
+                with sd.lock():
+                    sd.set_status("failed", error=exc.message)
         raise
 
 
