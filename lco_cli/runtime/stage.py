@@ -45,9 +45,10 @@ def upstream_stages(preset: Preset, stage: str) -> list[str]:
     elif stage == "rm":
         refs = [preset.rm.init_from, preset.rm.pairs.sampler]
     elif stage == "train":
+        from lco_cli.rl.update import needs_reward_model  # the train loop's own rule (imports torch)
+
         t = preset.train
-        uses_rm = t.reward == "rm" or (t.algo == "lco" and t.advantage in ("dpo", "logprob")) or t.algo in ("ppo", "gkd", "minillm")
-        refs = [t.init_from, t.advantage_model or "", "rm" if uses_rm else ""]
+        refs = [t.init_from, t.advantage_model or "", "rm" if needs_reward_model(t) else ""]
     elif stage == "eval":
         for pol in preset.eval.policies:
             refs += ["sft", "rm"] if pol == "pi_star" else [pol]
