@@ -79,8 +79,8 @@ def read_state_json(path: Path, fix: str) -> dict | None:
 
 def exchange_dirs(a: Path, b: Path) -> None:
     """Swap two folders in one atomic step (Linux renameat2 RENAME_EXCHANGE): a reader sees either
-    the old or the new one, never neither. Elsewhere: two renames (a crash between them leaves
-    `b` missing and is repaired by `StageDir.recover`)."""
+    the old or the new one, never neither. Where renameat2 is missing: three renames through
+    `<b>.swap` (a crash between them can leave `b` parked under that name)."""
     import ctypes
     import ctypes.util
 
