@@ -223,9 +223,8 @@ def _check_inputs(run: RunDir, preset: Preset, stage: str, record: bool) -> None
     except LcoError as exc:
         sd = run.stage(stage)
         if record and not sd.is_done():
-            with contextlib.suppress(StageLockedError):  # another process runs it: leave its status alone
-                with sd.lock():
-                    sd.set_status("failed", error=exc.message)
+            with contextlib.suppress(StageLockedError), sd.lock():  # another process runs it: leave its status
+                sd.set_status("failed", error=exc.message)
         raise
 
 
