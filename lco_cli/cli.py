@@ -84,7 +84,13 @@ def unwritable(exc: OSError) -> bool:
 @click.group(cls=LcoGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lco", prog_name="lco")
 def cli() -> None:
-    """lco — RL post-training of language models with Logits Convex Optimization."""
+    """lco — RL post-training of language models with Logits Convex Optimization.
+
+    \b
+    Exit codes: 0 success; 1 failure; 2 invalid preset, override, data file or usage;
+    3 missing prerequisite (path, stage output, hub id); 130 / 143 / 129 interrupted by
+    SIGINT / SIGTERM / SIGHUP (the stage is marked failed + interrupted and resumes from its
+    last checkpoint on the next run)."""
     from lco_cli.runtime import signals
 
     quiet_libraries()

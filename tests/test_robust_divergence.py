@@ -7,6 +7,7 @@ import json
 import shutil
 
 from conftest import invoke, read_jsonl
+
 from lco_cli.runtime.checkpoint import manifest_problem
 from lco_cli.runtime.optim import DivergenceWatch
 

@@ -47,7 +47,7 @@ def test_help_and_validate_start_fast_without_ml_imports():
 
 def test_one_summary_line_per_launch():
     """Under torchrun / accelerate launch every rank runs the command; only rank 0 prints."""
-    runs = {rank: subprocess.run([sys.executable, "-m", "lco_cli", "validate", "tiny"], capture_output=True, text=True,
+    runs = {rank: subprocess.run([sys.executable, "-m", "lco_cli", "validate", "tiny"], capture_output=True, text=True, check=False,
                                  env={**os.environ, "RANK": rank}) for rank in ("0", "1")}
     assert runs["0"].returncode == runs["1"].returncode == 0
     assert runs["0"].stdout.startswith("tiny: valid") and runs["1"].stdout == ""
@@ -72,7 +72,7 @@ def test_quiet_run_with_tensorboard_events(fast_preset, workdir):
     rows = [{"prompt": f"{i}+1=", "response": str(i + 1)} for i in range(20)]
     (workdir / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = subprocess.run([sys.executable, "-m", "lco_cli", "sft", str(fast_preset), "--run-dir", "r", "sft.data.source=d.jsonl",
-                           "sft.max_steps=2", "logging.report_to=[tensorboard]"], capture_output=True, text=True,
+                           "sft.max_steps=2", "logging.report_to=[tensorboard]"], capture_output=True, text=True, check=False,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("done") == 1
@@ -83,3 +83,53 @@ def test_quiet_run_with_tensorboard_events(fast_preset, workdir):
     events = EventAccumulator(str(workdir / "r/sft/tensorboard/sft"))
     events.Reload()
     assert [e.step for e in events.Scalars("loss")] == [1, 2]
+
+
+def test_tracker_without_its_package_is_exit_2(runner):
+    import importlib.util
+
+    from conftest import invoke
+
+    missing = [t for t in ("wandb", "tensorboard") if importlib.util.find_spec(t) is None]
+    if not missing:
+        import pytest
+
+        pytest.skip("every tracker package is installed here")
+    res = invoke(runner, "validate", "tiny", f"logging.report_to=[{missing[0]}]")
+    assert res.exit_code == 2 and f"logging.report_to: '{missing[0]}' needs its package" in res.output
+
+
+def test_eta_through_the_cli_on_a_pty(fast_preset, workdir):
+    """`lco sft` with stderr on a terminal (a pty): the bar shows a real ETA, not -:--:--."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "lco_cli", "sft", str(fast_preset), "--run-dir", "r", "sft.max_steps=3",
+                             "sft.eval_problems=0"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "LCO_STEP_DELAY": "0.3", "COLUMNS": "160"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, screen[-2000:]
+    assert "3/3" in screen and "eta 0:00:0" in screen  # 0.3 s steps: a few seconds left after step 1
+
+
+def test_two_process_launch_on_a_fresh_run_dir(fast_preset, workdir):
+    """torchrun with two CPU processes on an empty run dir: the built-in model is built by rank 0
+    (transformers saves weights on rank 0 only), and the launch prints one done line."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+                           "-m", "lco_cli", "sft", str(fast_preset), "--run-dir", "fresh", "sft.max_steps=1",
+                           "sft.eval_problems=0"], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("sft: done") == 1 and (workdir / "fresh/base/model.safetensors").exists()

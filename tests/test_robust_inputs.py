@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from conftest import invoke
 
 
@@ -40,7 +39,12 @@ def test_missing_or_non_model_paths_and_unreachable_hub_exit_3(runner, fast_pres
     (workdir / "notamodel").mkdir()
     res = invoke(runner, "sft", fast_preset, "--run-dir", "r", "model.policy=./notamodel")
     assert res.exit_code == 3 and "model.policy: ./notamodel is not a model folder" in res.output
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what an unreachable hub looks like, without a network call
+    # What an unreachable hub looks like, without a network call. The hub library reads the variable
+    # once at import (an earlier test may have imported it), so its constant is set too.
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     res = invoke(runner, "sft", fast_preset, "--run-dir", "r", "model.policy=some-org/not-cached-model")
     assert res.exit_code == 3 and "model.policy=some-org/not-cached-model" in res.output and no_traceback(res)
 
@@ -91,3 +95,9 @@ def test_unwritable_run_dir_is_one_message(runner, fast_preset, workdir):
         (workdir / "ro").mkdir(mode=0o555)
         res = invoke(runner, "sft", fast_preset, "--run-dir", "ro/run")
         assert res.exit_code == 1 and "cannot write ro/run" in res.output and "Permission denied" in res.output
+
+
+def test_validate_accepts_hub_dataset_ids_without_an_org(runner):
+    """datasets has canonical ids without an org ('gsm8k'): a form check, never 'file not found'."""
+    res = invoke(runner, "validate", "tiny", "sft.data.source=gsm8k", "rm.pairs.source=hub", "rm.pairs.path=some-org/prefs")
+    assert res.exit_code == 0, res.output

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 
-from safetensors.torch import load_file
-
 from conftest import invoke, read_jsonl
+from safetensors.torch import load_file
 
 RM_FILE = ["rm.pairs.source=file", "rm.pairs.path=pairs.jsonl"]
 SHORT_TRAIN = ["train.steps=2", "train.eval_every=0", "train.checkpoint_every=1"]
@@ -76,3 +75,13 @@ def test_upstream_change_reruns_downstream_and_says_why(runner, run_dir):
     # Nothing changed since: both skipped.
     res = invoke(runner, "run", "fast.yaml", "--run-dir", "run", *rm_pairs, "sft.lr=0.002", "--stages", "sft,rm", "--json")
     assert json.loads(res.stdout)["stages"] == {"sft": "skip", "rm": "skip"}
+
+
+def test_run_removes_a_replaced_output_left_by_a_kill_after_the_swap(runner, run_dir, workdir):
+    """Killed between the atomic swap and the removal of the old output: `lco run` cleans it up."""
+    leftover = workdir / "run/.sft.staging"
+    leftover.mkdir()
+    (leftover / "status.json").write_text(json.dumps({"state": "done"}))
+    res = invoke(runner, "run", "fast.yaml", "--run-dir", "run", "--stages", "sft", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["stages"] == {"sft": "skip"}
+    assert not leftover.exists()

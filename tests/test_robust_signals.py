@@ -11,9 +11,8 @@ import sys
 import time
 
 import torch
-from safetensors.torch import load_file
-
 from conftest import invoke, read_jsonl
+from safetensors.torch import load_file
 
 ARGS = ["sft.checkpoint_every=3", "sft.eval_problems=0"]
 
@@ -32,14 +31,14 @@ def test_sigterm_sighup_and_kill9_then_exact_resume(runner, fast_preset, workdir
     run = workdir / "cut"
     # SIGTERM before the first checkpoint (step 3): exit 143, and the message says the stage restarts.
     proc = lco("sft", fast_preset, "--run-dir", run, *ARGS, env_extra={"LCO_INTERRUPT_AT_STEP": "2:TERM"})
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-2000:]
     assert "interrupted (SIGTERM): stage 'sft' stopped before its first checkpoint; the next run starts it again from step 0" in err
     assert "Traceback" not in err and "%|" not in err  # no third-party progress bars either
     st = status(run)
     assert st["state"] == "failed" and st["interrupted"] is True
     # kill -9 once step 4 is logged (the step-3 checkpoint exists): nothing can run, nothing may be lost.
-    proc = lco("sft", fast_preset, "--run-dir", run, *ARGS, env_extra={"LCO_STEP_DELAY": "0.5"})
+    proc = lco("sft", fast_preset, "--run-dir", run, *ARGS, env_extra={"LCO_STEP_DELAY": "0.3"})
     metrics = run / "sft/metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.exists() and any(r["step"] >= 4 for r in read_jsonl(metrics))):
@@ -49,7 +48,7 @@ def test_sigterm_sighup_and_kill9_then_exact_resume(runner, fast_preset, workdir
     assert proc.returncode == -9 and not (run / "sft/final").exists()
     # SIGHUP after step 5, resumed from step 3: exit 129, and the message names the checkpoint.
     proc = lco("sft", fast_preset, "--run-dir", run, *ARGS, env_extra={"LCO_INTERRUPT_AT_STEP": "5:HUP"})
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 129, err[-2000:]
     assert "interrupted (SIGHUP): stage 'sft' stopped; the next run resumes from its checkpoint step-000003" in err
     # Finish, and compare with an uninterrupted run.

@@ -87,6 +87,8 @@ def test_ppo_value_model_trains_checkpoints_and_resumes(runner, run_dir, workdir
     res = train(runner, *args)
     assert res.exit_code == 0, res.output
     a, b = weights(workdir / "run_full/train/final"), weights(run_dir / "train/final")
+    # Tolerance: same float32 operations in the same order after the resume; 1e-6 (~100 ulp of weights
+    # O(0.1)) absorbs reduction-order noise only — a wrong resume moves weights by ~lr = 1e-3.
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
@@ -199,6 +201,9 @@ def test_micro_batches_and_telemetry_parts_sum_to_the_batch_objective(runner, ru
     res = train(runner, *common, "train.micro_batch_size=3", "train.telemetry.split_grad_norm=true", run="run_b")
     assert res.exit_code == 0, res.output
     a, b = read_jsonl(run_dir / "train/metrics.jsonl")[-1], read_jsonl(workdir / "run_b/train/metrics.jsonl")[-1]
+    # Tolerances: micro-batches of 8 vs 3 change only the float32 summation order of per-token terms
+    # (~1e-7 relative per addition, over ~100 tokens), so rel=1e-4; a wrong per-micro-batch normaliser
+    # would be off by a factor of up to 8/3.
     assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-6)  # same rollouts
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
     assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)

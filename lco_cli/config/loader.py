@@ -23,6 +23,11 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
         errors.append("task.slip_rate: the carry slip is defined for task.op 'add' only")
     if p.rm.pairs.source in ("file", "hub") and not p.rm.pairs.path:
         errors.append(f"rm.pairs.path: required when rm.pairs.source is '{p.rm.pairs.source}'")
+    for tracker in p.logging.report_to:
+        import importlib.util
+
+        if importlib.util.find_spec(tracker) is None:
+            errors.append(f"logging.report_to: '{tracker}' needs its package (pip install {tracker})")
     if t.rollout.engine == "vllm":
         import importlib.util
 

@@ -17,7 +17,14 @@ import click
 from lco_cli.commands.common import Context
 from lco_cli.recipes.compare import aggregate_seeds
 from lco_cli.runtime.rundir import RunDir, atomic_write_json
-from lco_cli.runtime.stage import changed_upstream, plan_stage, stage_config_hash, upstream_fingerprint, upstream_stages
+from lco_cli.runtime.stage import (
+    changed_upstream,
+    discard_leftover_staging,
+    plan_stage,
+    stage_config_hash,
+    upstream_fingerprint,
+    upstream_stages,
+)
 
 
 def _runner(stage: str):
@@ -58,6 +65,7 @@ def plan(ctx: Context, stages: list[str], force: set[str]) -> dict[str, Decision
         reason = None if stage in force or moved_up else skip_reason(ctx, stage)
         if reason is not None:
             decisions[stage] = Decision("skip", reason)
+            discard_leftover_staging(ctx.run, stage)
             continue
         stage_plan = plan_stage(ctx.run, ctx.preset, stage)  # raises on a changed config without --force
         why = stage_plan.reason

@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from lco_cli.errors import StageFailedError
 from lco_cli.runtime.console import warn
 from lco_cli.runtime.rundir import StageDir, atomic_dir, atomic_write_json
 
@@ -83,6 +84,7 @@ def load_checkpoint(sd: StageDir, accelerator) -> dict | None:
     A damaged one is skipped with a warning (and the previous one tried); with none usable the
     stage starts from step 0. Every process runs the same checks on the same files, so all agree."""
     sd.last_checkpoint_time = time.time()
+    half_loaded = None  # a load that failed midway may have overwritten part of the model
     for ck in reversed(sd.checkpoints()):
         problem = manifest_problem(ck)
         if problem is None:
@@ -91,8 +93,12 @@ def load_checkpoint(sd: StageDir, accelerator) -> dict | None:
                 return json.loads((ck / "trainer_state.json").read_text())
             except Exception as exc:  # noqa: BLE001 - any unreadable piece makes this checkpoint unusable
                 problem = f"loading failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                half_loaded = ck
         if accelerator.is_main_process:
             warn(f"{sd.name}: checkpoint {ck} is damaged ({problem}); trying the previous one")
+    if half_loaded is not None:  # starting from step 0 now would start from a mix of weights
+        raise StageFailedError(f"{sd.name}: checkpoint {half_loaded} failed to load and no older one is usable; "
+                               f"remove {sd.checkpoints_dir} to start the stage over")
     if sd.checkpoints() and accelerator.is_main_process:
         warn(f"{sd.name}: no usable checkpoint; the stage starts again from step 0")
     return None

@@ -55,7 +55,13 @@ def data_refs(preset, sections) -> list[tuple[str, str]]:
 
 
 def _looks_like_path(ref: str) -> bool:
-    return ref.startswith((".", "/", "~")) or Path(ref).suffix in DATA_SUFFIXES + (".yaml",) or not HUB_ID.match(ref)
+    """A model reference that is no hub id 'org/name' (what `models.resolve_model_ref` accepts)."""
+    return _looks_like_file(ref) or not HUB_ID.match(ref)
+
+
+def _looks_like_file(ref: str) -> bool:
+    """A data reference that names a file (datasets also has ids without an org, e.g. 'gsm8k')."""
+    return ref.startswith((".", "/", "~")) or Path(ref).suffix in DATA_SUFFIXES + (".yaml",)
 
 
 def check_model_ref(key: str, ref: str) -> None:
@@ -75,7 +81,7 @@ def check_data_ref(key: str, ref: str) -> None:
         check_data_file(key, path)
     elif path.is_dir():
         return  # a folder of files, read by `datasets`
-    elif _looks_like_path(ref):
+    elif _looks_like_file(ref) or key.startswith("eval.data."):  # eval.data takes local files only
         raise MissingArtifactError(f"{key}: file not found: {ref}")
 
 
@@ -145,8 +151,10 @@ def input_problems(preset, sections) -> list[tuple[int, str]]:
 
 def hub_refs(preset, sections) -> list[str]:
     """'key=id' for every reference in `sections` that can only be a hub id (no such local path)."""
-    return [f"{k}={v}" for k, v in model_refs(preset, sections) + data_refs(preset, sections)
-            if not Path(v).expanduser().exists() and not _looks_like_path(v)]
+    models = [f"{k}={v}" for k, v in model_refs(preset, sections) if not Path(v).expanduser().exists() and not _looks_like_path(v)]
+    data = [f"{k}={v}" for k, v in data_refs(preset, sections)
+            if not Path(v).expanduser().exists() and not _looks_like_file(v) and not k.startswith("eval.data.")]
+    return models + data
 
 
 def hub_error(exc: BaseException, preset=None, sections=()) -> MissingArtifactError | None:
@@ -156,7 +164,7 @@ def hub_error(exc: BaseException, preset=None, sections=()) -> MissingArtifactEr
     from_hub = module.startswith(("huggingface_hub", "requests", "urllib3", "httpx")) or any(
         needle in text for needle in ("huggingface.co", "valid model identifier", "HF_HUB_OFFLINE", "offline mode",
                                       "Couldn't reach", "doesn't exist on the Hub", "Repository Not Found"))
-    if not (isinstance(exc, OSError) or from_hub) or not from_hub:
+    if not from_hub:
         return None
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     asked = hub_refs(preset, sections) if preset is not None else []

@@ -79,8 +79,8 @@ def read_state_json(path: Path, fix: str) -> dict | None:
 
 def exchange_dirs(a: Path, b: Path) -> None:
     """Swap two folders in one atomic step (Linux renameat2 RENAME_EXCHANGE): a reader sees either
-    the old or the new one, never neither. Elsewhere: two renames (a crash between them leaves
-    `b` missing and is repaired by `StageDir.recover`)."""
+    the old or the new one, never neither. Where renameat2 is missing: three renames through
+    `<b>.swap` (a crash between them can leave `b` parked under that name)."""
     import ctypes
     import ctypes.util
 
@@ -207,8 +207,10 @@ class StageDir:
     def remove_stale_temp(self) -> list[Path]:
         """Temp files and folders a killed writer left (`.name.XXXX.tmp`, `.final.old`); call under the lock."""
         removed = []
-        for folder in (self.path, self.checkpoints_dir, self.path / "samples"):
-            if not folder.is_dir():
+        samples = self.path / "samples"  # eval: samples/<policy>/<benchmark>.jsonl
+        folders = [self.path, self.checkpoints_dir, samples, *(samples.rglob("*") if samples.is_dir() else [])]
+        for folder in folders:
+            if not folder.is_dir() or not folder.exists():
                 continue
             for child in folder.iterdir():
                 if child.name.startswith(".") and (child.name.endswith((".tmp", ".old", ".swap"))):

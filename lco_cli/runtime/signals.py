@@ -10,7 +10,7 @@ from lco_cli.errors import Interrupted
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _raise_interrupted(signum, frame):  # noqa: ARG001 - the signal module's handler signature
+def _raise_interrupted(signum, frame):
     # Ignore further signals while the stage records its state (a second Ctrl-C must not cut that short).
     for sig in HANDLED:
         signal.signal(sig, signal.SIG_IGN)

@@ -14,11 +14,11 @@ import dataclasses
 import hashlib
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from lco_cli.config import STAGES, Preset, config_hash, dump_yaml, to_dict
-from lco_cli.errors import ConfigError, Interrupted, LcoError
+from lco_cli.errors import ConfigError, Interrupted, LcoError, StageLockedError
 from lco_cli.runtime.console import warn
 from lco_cli.runtime.rundir import STAGES_WITH_FINAL, RunDir, StageDir, atomic_write_json, atomic_write_text, exchange_dirs
 
@@ -43,11 +43,13 @@ def upstream_stages(preset: Preset, stage: str) -> list[str]:
     if stage == "sft":
         refs = [preset.sft.init_from]
     elif stage == "rm":
-        refs = [preset.rm.init_from, preset.rm.pairs.sampler]
+        sampler = preset.rm.pairs.sampler
+        refs = [preset.rm.init_from, *(sampler if isinstance(sampler, list) else [sampler])]
     elif stage == "train":
+        from lco_cli.rl.registry import get_algo  # the algorithm's own rule (imports torch)
+
         t = preset.train
-        uses_rm = t.reward == "rm" or (t.algo == "lco" and t.advantage in ("dpo", "logprob")) or t.algo in ("ppo", "gkd", "minillm")
-        refs = [t.init_from, t.advantage_model or "", "rm" if uses_rm else ""]
+        refs = [t.init_from, t.advantage_model or "", "rm" if get_algo(t.algo).needs_reward_model(t) else ""]
     elif stage == "eval":
         for pol in preset.eval.policies:
             refs += ["sft", "rm"] if pol == "pi_star" else [pol]
@@ -61,7 +63,10 @@ def upstream_stages(preset: Preset, stage: str) -> list[str]:
 
 
 def final_digest(folder: Path) -> str:
-    """Content hash of a `final/` folder: sha256 over every file's relative path and bytes."""
+    """Content hash of a `final/` folder: sha256 over every file's relative path and bytes.
+
+    Computed once when the stage finishes (stored in its status.json): ~1 GB/s, so seconds for a
+    3B-parameter model, against minutes to hours of training."""
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
@@ -182,9 +187,11 @@ def stage_run(run: RunDir, preset_name: str, preset: Preset, stage: str, acceler
                       inputs=stage_inputs(preset, stage), interrupted=False)
         if sd.staged:
             warn(f"{stage}: {plan.reason}")
-        trackers = _start_observers(sd, preset, stage)
-        barrier()
+        _build_base_on_main(run, preset, stage)
+        trackers: list = []
         try:
+            trackers = _start_observers(sd, preset, stage)
+            barrier()
             yield sd
         except KeyboardInterrupt as exc:
             sd.set_status("failed", error="interrupted", interrupted=True)
@@ -217,7 +224,7 @@ def _check_inputs(run: RunDir, preset: Preset, stage: str, record: bool) -> None
     except LcoError as exc:
         sd = run.stage(stage)
         if record and not sd.is_done():
-            with sd.lock():
+            with contextlib.suppress(StageLockedError), sd.lock():  # another process runs it: leave its status
                 sd.set_status("failed", error=exc.message)
         raise
 
@@ -238,6 +245,17 @@ def _prepare_work_dir(main: StageDir, plan: StagePlan) -> None:
     lock = staging.path / ".lock"
     if not lock.exists():  # the same lock file (inode), so the lock we hold survives the swap
         lock.hardlink_to(main.path / ".lock")
+
+
+def _build_base_on_main(run: RunDir, preset: Preset, stage: str) -> None:
+    """Build the built-in tiny model before the other processes start: transformers 5 writes the
+    weights of `save_pretrained` on rank 0 only, so a base built by another rank would lack them."""
+    from lco_cli.runtime import models
+
+    refs = {"sft": [preset.sft.init_from], "rm": [preset.rm.init_from, preset.rm.pairs.sampler],
+            "train": [preset.train.init_from], "eval": preset.eval.policies}[stage]
+    if "base" in refs and models.parse_tiny_spec(preset.model.policy) is not None:
+        models.build_tiny(preset.model.policy, preset.seed, run.path / "base")
 
 
 def _start_observers(sd: StageDir, preset: Preset, stage: str) -> list:
@@ -272,6 +290,19 @@ def _mark_downstream_stale(run: RunDir, stage: str) -> None:
         if other != stage and st.get("state") == "done" and stage in recorded and recorded[stage] != current:
             sd.update_status(stale=f"'{stage}' was rerun at {time.strftime('%Y-%m-%d %H:%M:%S')} after this stage ran; "
                                    f"rerun it (`lco run` does)")
+
+
+def discard_leftover_staging(run: RunDir, stage: str) -> None:
+    """A staging folder whose status is done after its swap holds the replaced output (the
+    process died before removing it): remove it, unless another process holds the stage."""
+    staging = run.stage(stage).staging()
+    if not staging.path.is_dir() or (staging.status() or {}).get("state") in ("running", "failed"):
+        return
+    try:
+        with run.stage(stage).lock():
+            shutil.rmtree(staging.path, ignore_errors=True)
+    except LcoError:  # locked: its writer cleans up
+        pass
 
 
 def _interrupted(exc: KeyboardInterrupt, sd: StageDir) -> Interrupted:
