@@ -35,20 +35,21 @@ def unique_parameter_elements(*modules) -> int:
 
 @pytest.fixture
 def models_in_memory(monkeypatch):
-    """At the first `Update.prepare`: parameter elements of policy + reference, and the policy's alone."""
+    """At the first behaviour pass (every `prepare` starts with it): parameter elements of policy +
+    reference, and the policy's alone."""
     seen: dict = {}
-    real = Update.prepare
+    real = Update.behaviour
 
-    def spy(self, batch):
+    def spy(self, batch, *args, **kwargs):
         if not seen:
             env = self.env
             ref = env.reference
             ref_modules = [ref.policy] if isinstance(ref, ReferenceView) else [ref]
             seen.update(reference=type(ref).__name__, policy=unique_parameter_elements(env.policy),
                         both=unique_parameter_elements(env.policy, *ref_modules))
-        return real(self, batch)
+        return real(self, batch, *args, **kwargs)
 
-    monkeypatch.setattr(Update, "prepare", spy)
+    monkeypatch.setattr(Update, "behaviour", spy)
     return seen
 
 
