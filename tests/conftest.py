@@ -28,7 +28,7 @@ FAST = {
     "train": {"lr": 1e-3, "steps": 3, "batch_size": 4, "samples_per_prompt": 2, "micro_batch_size": 8,
               "eval_every": 2, "eval_problems": 8, "checkpoint_every": 2, "loss_chunk_size": 16,
               "rollout": {"max_new_tokens": 6}},
-    "eval": {"samples": 2, "limit": 12, "max_new_tokens": 6},
+    "eval": {"samples": 2, "limit": 12, "max_new_tokens": 6, "benchmarks": ["arith"]},
 }
 
 

@@ -117,9 +117,10 @@ def test_gradient_checkpointing_changes_memory_not_the_loss(runner, run_dir, wor
     write_pairs(workdir / "pairs.jsonl")
     overrides, folder = STAGE_RUNS[stage]
     shutil.copytree(run_dir, workdir / "run_gc")
-    assert invoke(runner, stage, "fast.yaml", "--run-dir", "run", *overrides).exit_code == 0
+    # the copied run's stages are done with other settings: a rerun must be asked for (--force)
+    assert invoke(runner, stage, "fast.yaml", "--run-dir", "run", "--force", *overrides).exit_code == 0
     assert checkpoint_calls["n"] == 0
-    res = invoke(runner, stage, "fast.yaml", "--run-dir", "run_gc", *overrides, "model.gradient_checkpointing=true")
+    res = invoke(runner, stage, "fast.yaml", "--run-dir", "run_gc", "--force", *overrides, "model.gradient_checkpointing=true")
     assert res.exit_code == 0, res.output
     assert checkpoint_calls["n"] > 0  # layers really were recomputed in backward
     off, on = read_jsonl(run_dir / folder / "metrics.jsonl"), read_jsonl(workdir / "run_gc" / folder / "metrics.jsonl")
@@ -187,9 +188,10 @@ def test_bf16_mixed_precision_in_every_stage_keeps_float32_master_weights(runner
     write_pairs(workdir / "pairs.jsonl")
     overrides, folder = STAGE_RUNS[stage]
     shutil.copytree(run_dir, workdir / "run_bf16")
-    assert invoke(runner, stage, "fast.yaml", "--run-dir", "run", *overrides).exit_code == 0
+    # the copied run's stages are done with other settings: a rerun must be asked for (--force)
+    assert invoke(runner, stage, "fast.yaml", "--run-dir", "run", "--force", *overrides).exit_code == 0
     # a fresh process: accelerate's state (mixed precision included) is fixed once per process
-    res = subprocess.run([sys.executable, "-m", "lco_cli", stage, "fast.yaml", "--run-dir", "run_bf16", *overrides,
+    res = subprocess.run([sys.executable, "-m", "lco_cli", stage, "fast.yaml", "--run-dir", "run_bf16", "--force", *overrides,
                           f"{stage}.mixed_precision=bf16"], capture_output=True, text=True, cwd=workdir)
     assert res.returncode == 0, res.stderr[-3000:]
     fp32 = read_jsonl(run_dir / folder / "metrics.jsonl")[0]

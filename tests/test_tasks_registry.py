@@ -119,7 +119,8 @@ def test_bad_task_names_exit_2_naming_the_key(runner, workdir, user_module, name
 
 
 def test_user_task_validates_through_the_cli(runner, workdir, user_module):
-    res = invoke(runner, "validate", "tiny", f"task.name={user_module}:Echo", "task.slip_rate=0", "task.op=mul")
+    res = invoke(runner, "validate", "tiny", f"task.name={user_module}:Echo", "task.slip_rate=0", "task.op=mul",
+                 "eval.benchmarks=[task]")  # tiny names 'arith', the arith task's split
     assert res.exit_code == 0, res.output
 
 
@@ -155,14 +156,16 @@ def validate(runner, workdir, data: dict, *overrides):
 
 def test_prompts_task_rejects_verifier_reward_self_pairs_and_missing_demos(runner, workdir):
     (workdir / "prompts.jsonl").write_text('{"instruction": "Say hi.", "output": "hi"}\n')  # validate checks it exists
-    res = validate(runner, workdir, {**FAST, "task": {"name": "prompts", "source": "prompts.jsonl", "n_test": 2}})
+    no_bench = {**FAST["eval"], "benchmarks": []}  # an instruction task has no held-out verdicts
+    res = validate(runner, workdir, {**FAST, "task": {"name": "prompts", "source": "prompts.jsonl", "n_test": 2}, "eval": no_bench})
     assert res.exit_code == 2
     for line in ("train.reward: task 'prompts' has no verifier; use train.reward: rm",
                  "rm.pairs.source: task 'prompts' has no verifier; use rm.pairs.source: file or hub",
                  "sft.data.source: task 'prompts' has no reference responses"):
         assert line in res.output
     write_pairs(workdir / "pairs.jsonl")  # validate checks that the files a preset names exist
-    ok = validate(runner, workdir, {**FAST, "task": {"name": "prompts", "source": "prompts.jsonl", "response_field": "output"}},
+    ok = validate(runner, workdir, {**FAST, "task": {"name": "prompts", "source": "prompts.jsonl", "response_field": "output"},
+                                    "eval": no_bench},
                   "train.reward=rm", "rm.pairs.source=file", "rm.pairs.path=pairs.jsonl")
     assert ok.exit_code == 0, ok.output
 
@@ -192,7 +195,7 @@ def test_empty_sampler_list_is_an_error():
 def test_small_generation_caps_warn_but_validate(runner, workdir, caplog):
     caplog.set_level(logging.WARNING, logger="lco_cli.tasks")
     (workdir / "m.jsonl").write_text('{"problem": "1+1?", "solution": "\\\\boxed{2}"}\n')  # validate checks it exists
-    res = validate(runner, workdir, {**FAST, "task": {"name": "math", "source": "m.jsonl"}})
+    res = validate(runner, workdir, {**FAST, "task": {"name": "math", "source": "m.jsonl"}, "eval": {**FAST["eval"], "benchmarks": ["task"]}})
     assert res.exit_code == 0, res.output
     warned = [r.getMessage() for r in caplog.records]
     # FAST caps generation at 6 tokens; math responses need the paper's 2,048 (warned below 512).
@@ -264,7 +267,7 @@ def test_the_docs_examples_run(tmp_path, monkeypatch, runner, workdir):
         assert task.render(task.test[0], None) == "What is the capital of Kenya?"
         assert load_reward_fn("my_pkg.rewards:score")("p", "about cats", {"keyword": "cats"}) == 1.0
         assert invoke(runner, "validate", "tiny", "task.name=my_pkg.tasks:Capitals", "task.op=mul", "task.slip_rate=0",
-                      "task.n_test=1").exit_code == 0
+                      "task.n_test=1", "eval.benchmarks=[task]").exit_code == 0
     finally:
         for mod in ("my_pkg", "my_pkg.tasks", "my_pkg.rewards"):
             sys.modules.pop(mod, None)

@@ -285,7 +285,7 @@ class EvalConfig:
 
     policies: list[str] = F(doc="Stage names, 'base', 'pi_star', 'rm', paths or hub ids.", factory=lambda: ["sft", "train"])
     engine: str = F("hf", doc="Generation engine: 'hf' (transformers generate) or 'vllm' (GPU, optional extra; settings in model.vllm).", choices=("hf", "vllm"))
-    benchmarks: list[str] = F(doc="Benchmark names.", factory=lambda: ["arith"], choices=BENCHMARK_NAMES)
+    benchmarks: list[str] = F(doc="Benchmark names ('task' = the configured task's held-out split; 'arith' is its name for the arith task).", factory=lambda: ["task"], choices=BENCHMARK_NAMES)
     samples: int = F(4, doc="k samples per problem (pass@1 benchmarks; the others take one response per prompt).", ge=1)
     temperature: float = F(0.6, doc="Sampling temperature (0 = greedy; paper: 0.6).", ge=0)
     top_p: float = F(0.95, doc="Nucleus sampling (paper: 0.95).", gt=0, le=1)
