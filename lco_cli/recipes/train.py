@@ -48,7 +48,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def run_train(ctx: Context) -> dict:
-    p, cfg = ctx.preset, ctx.preset.train
+    p = ctx.preset
+    cfg = get_algo(p.train.algo).resolve(p.train)  # null samples_per_prompt / update_epochs / minibatches
     acc = make_accelerator(cfg.mixed_precision, p.seed)
     with stage_run(ctx.run, ctx.preset_name, p, "train", acc) as sd:
         init = models.resolve_model_ref(cfg.init_from, ctx.run, p)

@@ -64,6 +64,11 @@ class LCOUpdate(Update):
     """
 
     dense_advantages = True
+    #: One pass over each rollout batch in 4 minibatch steps with z_old frozen at the batch's start: the
+    #: authors' `policy_train_lco*.py` train `inner_epochs=1` pass over each rollout buffer in minibatches
+    #: (`max_batch_size`) with the buffer's old logits; their count depends on buffer/GPU/accumulation
+    #: sizes no script fixes, so 4 is our choice (docs/compare.md "Defaults").
+    default_minibatches = 4
 
     @classmethod
     def needs_reward_model(cls, cfg) -> bool:
@@ -72,6 +77,7 @@ class LCOUpdate(Update):
     @classmethod
     def check(cls, cfg) -> list[str]:
         errors = super().check(cfg)
+        cfg = cls.resolve(cfg)
         if cfg.advantage == "sparse" and cfg.advantage_norm == "group" and cfg.samples_per_prompt < 2:
             errors.append("train.advantage_norm: 'group' needs train.samples_per_prompt >= 2")
         return errors
