@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"Table 1 methods, from {', '.join(METHODS)}")
     ap.add_argument("--table5", default=",".join(DEFAULT_TABLE5), help="Table 5 (verifier reward) methods; '' for none")
     ap.add_argument("--seeds", default="0,1,2,3")
-    ap.add_argument("--grid", default="3e-5,1e-4,3e-4", help="learning rates every method chooses from")
+    ap.add_argument("--grid", default="3e-6,1e-5,3e-5,1e-4,3e-4", help="learning rates every method chooses from")
     ap.add_argument("--n-val", type=int, default=200, help="training prompts held out for the lr selection")
     ap.add_argument("--select-steps", type=int, default=15, help="train.steps of the selection runs")
     ap.add_argument("--steps", type=int, default=None, help="override train.steps of the reported runs")
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in seeds:
             for m in ms:
                 lr = lrs[m.replace("-sparse", "")]
-                run = out / tag / f"{m}-s{seed}"
+                run = out / tag / f"{m}-lr{lr:g}-s{seed}"  # the lr in the name: a new pick is a new run
                 log(f"{tag} {m} seed {seed} lr {lr:g}", t0)
                 train_and_eval(base_dir, run, args.base_preset, overrides + per_method_overrides(args.base_preset, overrides, m, args.rollouts)
                                + extra + [f"train.lr={lr}", f"seed={seed}"] + (tele if seed == seeds[0] and tag == "table1" else []), t0)
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     hot: dict[str, dict] = {}
     if args.lr_mult:
         for m in methods:
-            run = out / "hot" / f"{m}-s{seeds[0]}-lr{args.lr_mult:g}x"
+            run = out / "hot" / f"{m}-lr{lrs[m] * args.lr_mult:g}-s{seeds[0]}"
             log(f"hot {m} lr {lrs[m] * args.lr_mult:g}", t0)
             train_and_eval(base_dir, run, args.base_preset, overrides + per_method_overrides(args.base_preset, overrides, m, args.rollouts)
                            + [f"train.lr={lrs[m] * args.lr_mult}", f"seed={seeds[0]}"] + tele, t0, evaluate=False)
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     # every step, z_old frozen), first seed, picked lr; loss_last / loss_first per rollout batch.
     fit: dict[str, dict] = {}
     for m in [m for m in methods if m.startswith("LCO")] if args.fit_epochs else []:
-        run = out / "fit" / f"{m}-s{seeds[0]}-e{args.fit_epochs}"
+        run = out / "fit" / f"{m}-lr{lrs[m]:g}-s{seeds[0]}-e{args.fit_epochs}"
         log(f"fit {m} {args.fit_epochs} epochs", t0)
         train_and_eval(base_dir, run, args.base_preset, overrides + per_method_overrides(args.base_preset, overrides, m, args.rollouts)
                        + [f"train.lr={lrs[m]}", f"seed={seeds[0]}", f"train.update_epochs={args.fit_epochs}", "train.minibatches=1"],
@@ -252,7 +252,6 @@ def main(argv: list[str] | None = None) -> None:
     table5_runs = reported(table5, ["train.reward=verifier"], "table5") if table5 else {}
 
     sft_res = json.loads((base_dir / "eval/results.json").read_text())["results"]
-    sft_eval = json.loads((base_dir / "sft/eval.json").read_text()) if (base_dir / "sft/eval.json").exists() else {}
     walls = [json.loads((p / "wall.json").read_text())["seconds"] for p in [base_dir, *out.glob("*/*")] if (p / "wall.json").exists()]
     tables = {"table1": rep.summarise(table1, hot), "fit": rep.summarise({m: {seeds[0]: r} for m, r in fit.items()}, {}) if fit else {}}
     if table5_runs:
@@ -262,7 +261,9 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": os.environ.get("OMP_NUM_THREADS"),
         "wall_min": sum(walls) / 60, "seeds": seeds, "grid": grid, "lrs": lrs, "selection": selection, "n_val": args.n_val,
         "select_steps": args.select_steps, "fit_epochs": args.fit_epochs, "lr_mult": args.lr_mult, "eval_problems": resolved.train.eval_problems,
-        "sft": {"pass1": next(r for r in sft_res if r["policy"] == "sft")["mean"], "greedy": sft_eval.get("heldout_acc", float("nan"))},
+        # greedy at step 0 of a reported run: the SFT policy on the same eval_problems as every other greedy number
+        "sft": {"pass1": next(r for r in sft_res if r["policy"] == "sft")["mean"],
+                "greedy": next(iter(table1[methods[0]].values()))["curve"][0][2]},
         "setup": (f"one SFT + one DPO RM from `{args.base_preset}`; every run {resolved.train.steps} steps × {args.rollouts} rollouts "
                   "(GRPO: 4 samples per prompt, the others 1, paper §5), each algorithm's own update_epochs × minibatches "
                   "(lco 1 × 4, PPO 4 × 1, others 1 × 1), rollout T = 0.6, top-p = 0.95, β = 1."),

@@ -400,23 +400,8 @@ def sparse_advantage(sampled_ids: Tensor, seq_adv: Tensor, V: int) -> Tensor:
 
 
 __all__ = [
-    "ADVANTAGE_SUPPORTS",
-    "AUTHORS_FILL",
-    "authors_loss_and_grad",
-    "standardise_on_support",
-    "LCOKLD",
-    "LCOLCH",
-    "LCOMSE",
-    "OBJECTIVES",
-    "LCOObjective",
-    "dense_advantage",
-    "dense_advantage_",
-    "get_objective",
-    "lco_loss",
-    "log_cosh",
-    "masked_token_mean",
-    "optimal_logits",
-    "select_beta",
-    "sparse_advantage",
+    "ADVANTAGE_SUPPORTS", "AUTHORS_FILL", "authors_loss_and_grad", "standardise_on_support", "LCOKLD",
+    "LCOLCH", "LCOMSE", "OBJECTIVES", "LCOObjective", "dense_advantage", "dense_advantage_", "get_objective",
+    "lco_loss", "log_cosh", "masked_token_mean", "optimal_logits", "select_beta", "sparse_advantage",
     "topk_support",
 ]
