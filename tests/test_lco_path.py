@@ -272,3 +272,22 @@ def test_topk_needs_a_named_support(runner, run_dir):
     res = invoke(runner, "validate", "fast.yaml", "train.advantage_support=authors", "train.advantage=sparse",
                  "train.advantage_topk=5")
     assert res.exit_code == 2 and "dense advantages" in res.output
+
+
+def test_null_train_keys_resolve_to_each_algorithms_defaults():
+    """One place (`Update.resolve`): paper §5 samples per prompt, TRL's PPO epochs, the authors' LCO minibatches;
+    explicit values win; the bundled `tiny` pins the values its documented numbers were measured with."""
+    import dataclasses
+
+    from lco_cli.config.loader import load
+    from lco_cli.rl.registry import get_algo
+
+    train = load("tiny")[1].train
+    assert (train.samples_per_prompt, train.update_epochs, train.minibatches) == (4, 1, 1)
+    null = dataclasses.replace(train, samples_per_prompt=None, update_epochs=None, minibatches=None)
+    want = {"lco": (1, 1, 4), "ppo": (1, 4, 1), "grpo": (4, 1, 1), "dapo": (4, 1, 1), "gspo": (4, 1, 1),
+            "reinforce": (1, 1, 1), "gkd": (1, 1, 1), "minillm": (1, 1, 1)}
+    for algo, expected in want.items():
+        got = get_algo(algo).resolve(dataclasses.replace(null, algo=algo))
+        assert (got.samples_per_prompt, got.update_epochs, got.minibatches) == expected, algo
+    assert get_algo("grpo").resolve(dataclasses.replace(null, algo="grpo", samples_per_prompt=8)).samples_per_prompt == 8
