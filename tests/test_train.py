@@ -52,14 +52,15 @@ def test_split_gradient_telemetry(runner, run_dir):
 
 def test_multi_epoch_minibatch_updates_and_beta_neg(runner, run_dir):
     res = train(runner, "train.steps=1", "train.eval_every=0", "train.update_epochs=2", "train.minibatches=2",
-                "train.beta_neg=4.0", "train.advantage_topk=5", "train.advantage_clip=2.0")
+                "train.beta_neg=4.0", "train.advantage_support=policy_topk", "train.advantage_topk=5", "train.advantage_clip=2.0")
     assert res.exit_code == 0, res.output
 
 
 @pytest.mark.parametrize("topk", [1, 5])
 def test_topk_support_single_update(runner, run_dir, topk):
     """A centred advantage on a one-token support is 0, so z* = z_old: zero loss, no update."""
-    res = train(runner, "train.steps=1", "train.eval_every=0", f"train.advantage_topk={topk}")
+    res = train(runner, "train.steps=1", "train.eval_every=0", "train.minibatches=1", "train.advantage_support=policy_topk",
+                f"train.advantage_topk={topk}")
     assert res.exit_code == 0, res.output
     row = read_jsonl(run_dir / "train/metrics.jsonl")[-1]
     before = load_file(str(run_dir / "sft/final/model.safetensors"))

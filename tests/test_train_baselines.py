@@ -191,7 +191,7 @@ def test_teacher_mixed_sampling_decodes_the_mixture(prepared):
         assert response == want
 
 
-@pytest.mark.parametrize("algo", ["reinforce", "ppo", "grpo", "minillm"])
+@pytest.mark.parametrize("algo", ["reinforce", "ppo", "grpo", "minillm", "lco"])
 def test_micro_batches_and_telemetry_parts_sum_to_the_batch_objective(runner, run_dir, workdir, algo):
     """Same rollouts, micro-batches of 8 vs 3 (and the pos/neg split-gradient passes): same loss and
     gradient norm, so each micro-batch's loss is its exact share of the batch objective."""

@@ -333,6 +333,60 @@ def dense_advantage_(
     return adv
 
 
+# --------------------------------------------------------------------------- the authors' support
+
+#: `train.advantage_support`: the paper's full vocabulary; the k likeliest behaviour tokens with A centred
+#: there and z* = z_old elsewhere (`policy_topk`); the authors' code (`authors`, below).
+ADVANTAGE_SUPPORTS = ("vocab", "policy_topk", "authors")
+#: what homzer/llama-rlhf writes outside the support, into both the old logits and the advantages
+AUTHORS_FILL = -100.0
+
+
+@torch.no_grad()
+def standardise_on_support(adv_k: Tensor) -> Tensor:
+    """``(A − mean_S A) / std_S A`` over the last dim (the k support entries; unbiased std as
+    ``torch.std``), nan (a constant A) → 0 as their ``nan_to_num(0.0)``.
+
+    homzer/llama-rlhf `src/ppo/trainer_lco.py`: the MSE/LCH trainers centre and divide by the std;
+    `ParallelLCOTrainerForDPORM` (KLD) only divides. For KLD the centring shifts z* on the support by
+    a per-token constant, which moves only the probability of the tokens outside it, and those sit
+    ≥ 100 logits below (``AUTHORS_FILL``): π* agrees to < e^-90 relative (tested)."""
+    centred = adv_k - adv_k.mean(-1, keepdim=True)
+    return (centred / adv_k.std(-1, keepdim=True)).nan_to_num_(0.0)
+
+
+def authors_loss_and_grad(kind: str, z: Tensor, z_old: Tensor, ids: Tensor, adv_k: Tensor, beta: Beta,
+                          need_grad: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Per-token loss and logit gradient ``[c, V]`` with the authors' support (``train.advantage_support: authors``).
+
+    ``ids [c, k]`` the support (top-k of ``z_old``), ``adv_k [c, k]`` the standardised advantage there.
+
+    * KLD (their ``create_lco_log_target`` + ``KLDivLoss(...).sum(-1)``): old logits and advantages are
+      ``AUTHORS_FILL`` outside the support, ``log π* = log_softmax(log_softmax(z_old') + A'/β)``, then
+      ``KL(π* ‖ π_θ)`` over the full vocabulary — gradient ``π_θ − π*`` (eq. 47);
+    * MSE / LCH (their ``MSELoss`` / ``LogCoshLoss`` ``.sum(-1)``): fitted on the support only,
+      ``Σ_{a∈S} (z_θ − z*)²`` resp. ``Σ_{a∈S} log cosh(z_θ − z*)`` with ``z*_S = z_old,S + A/β`` —
+      gradient ``2(z_θ − z*)`` resp. ``tanh(z_θ − z*)`` on S, 0 elsewhere. (Their code puts the current
+      logits detached where we put the frozen z_old: the two agree at the first optimizer step on a batch.)
+    """
+    beta_k = beta.unsqueeze(-1) if isinstance(beta, Tensor) and beta.dim() else beta
+    if kind == "kld":
+        with torch.no_grad():
+            old_f = torch.full_like(z_old, AUTHORS_FILL).scatter_(-1, ids, z_old.gather(-1, ids))
+            adv_f = torch.full_like(z_old, AUTHORS_FILL).scatter_(-1, ids, adv_k.to(z_old.dtype))
+            z_star = torch.log_softmax(old_f, dim=-1) + adv_f / beta_k
+        return get_objective("kld").loss_and_grad(z, z_star, need_grad)
+    if kind not in ("mse", "lch"):
+        raise ValueError(f"unknown LCO objective {kind!r}")
+    diff = z.detach().gather(-1, ids) - (z_old.gather(-1, ids) + adv_k.to(z_old.dtype) / beta_k)
+    if kind == "mse":
+        loss, g = diff.square().sum(-1), 2.0 * diff
+    else:
+        ad = diff.abs()
+        loss, g = (ad + torch.log1p(torch.exp(-2.0 * ad)) - _LOG2).sum(-1), torch.tanh(diff)
+    return loss, torch.zeros_like(z, dtype=g.dtype).scatter_(-1, ids, g) if need_grad else None
+
+
 @torch.no_grad()
 def sparse_advantage(sampled_ids: Tensor, seq_adv: Tensor, V: int) -> Tensor:
     """Sparse advantage, paper eq. (11): ``A(s_t, a) = A_seq`` if ``a = a_t`` (sampled), else 0.
@@ -346,19 +400,8 @@ def sparse_advantage(sampled_ids: Tensor, seq_adv: Tensor, V: int) -> Tensor:
 
 
 __all__ = [
-    "LCOKLD",
-    "LCOLCH",
-    "LCOMSE",
-    "OBJECTIVES",
-    "LCOObjective",
-    "dense_advantage",
-    "dense_advantage_",
-    "get_objective",
-    "lco_loss",
-    "log_cosh",
-    "masked_token_mean",
-    "optimal_logits",
-    "select_beta",
-    "sparse_advantage",
+    "ADVANTAGE_SUPPORTS", "AUTHORS_FILL", "authors_loss_and_grad", "standardise_on_support", "LCOKLD",
+    "LCOLCH", "LCOMSE", "OBJECTIVES", "LCOObjective", "dense_advantage", "dense_advantage_", "get_objective",
+    "lco_loss", "log_cosh", "masked_token_mean", "optimal_logits", "select_beta", "sparse_advantage",
     "topk_support",
 ]

@@ -10,7 +10,15 @@ import torch
 from torch import Tensor
 
 from lco_cli.engines.chunked import DEFAULT_CHUNK_SIZE, VocabHead, chunked_token_loss, compute_dtype, project
-from lco_cli.losses.lco import dense_advantage_, get_objective, optimal_logits, select_beta, sparse_advantage
+from lco_cli.losses.lco import (
+    authors_loss_and_grad,
+    dense_advantage_,
+    get_objective,
+    optimal_logits,
+    select_beta,
+    sparse_advantage,
+    standardise_on_support,
+)
 
 Beta = float | Tensor
 
@@ -70,6 +78,19 @@ def dense_advantage_chunk(
     return dense_advantage_(adv, center=center, clip=clip, topk=topk, old_logits=z_old)
 
 
+def authors_support_advantage(rm_hidden: Tensor, rm: VocabHead, ref_hidden: Tensor | None, ref: VocabHead | None,
+                              z_old: Tensor, topk: int) -> tuple[Tensor, Tensor]:
+    """The authors' support (``train.advantage_support: authors``): ``ids [c, k]`` = top-k of the behaviour
+    logits (their `LogitsRolloutBuffer` keeps the policy's top-k logits and scores the RM on those indices),
+    and ``(log φ − log φ_ref)`` there standardised (:func:`~lco_cli.losses.lco.standardise_on_support`).
+    Centring cancels both log-softmax normalisers, so only the k support logits are projected."""
+    ids = z_old.topk(min(int(topk), z_old.shape[-1]), dim=-1).indices
+    adv_k = _support_logits(rm_hidden, rm.weight, rm.bias, ids)
+    if ref is not None:
+        adv_k -= _support_logits(ref_hidden, ref.weight, ref.bias, ids)
+    return ids, standardise_on_support(adv_k).to(z_old.dtype)
+
+
 def _validate_lco_inputs(policy, *, advantage, old, rm, ref, sampled_ids, seq_adv, beta) -> None:
     n, vocab = policy.num_tokens, policy.vocab_size
     if advantage not in ADVANTAGES:
@@ -115,6 +136,7 @@ def lco_chunked_loss(
     center: bool = True,
     clip: float | None = None,
     topk: int | None = None,
+    support: str = "vocab",
     stats: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """LCO loss (eqs. 8–10) against ``z* = z_old + A/β`` (eq. 7), chunked over tokens.
@@ -137,8 +159,13 @@ def lco_chunked_loss(
     the chunk loop, since for dense advantages that value only exists there
     (:func:`~lco_cli.losses.lco.select_beta`). ``sampled_ids`` is required for ``sparse`` and
     ``beta_neg`` and, when given, also feeds the telemetry.
+    ``support="authors"`` (dense advantages, needs ``topk``) replaces the shaping and the loss by the
+    authors' code: :func:`authors_support_advantage` and :func:`~lco_cli.losses.lco.authors_loss_and_grad`
+    (``center`` / ``clip`` do not apply; the sampled token's advantage is 0 off the support).
     Returns ``(loss, stats)`` as :func:`chunked_token_loss`.
     """
+    if support == "authors" and (topk is None or advantage == "sparse"):
+        raise ValueError("support='authors' needs topk and a dense advantage (dpo or logprob)")
     _validate_lco_inputs(
         policy, advantage=advantage, old=old, rm=rm, ref=ref, sampled_ids=sampled_ids, seq_adv=seq_adv, beta=beta
     )
@@ -182,4 +209,14 @@ def lco_chunked_loss(
         # Closed-form loss and logit gradient (eqs. 8–10, 44, 47): fewer [c, V] temporaries.
         return objective.loss_and_grad(z, z_star, need_grad=z.requires_grad)
 
-    return chunked_token_loss(policy, token_loss, weights, chunk_size, targets=targets, stats=stats)
+    def authors_token_loss(z, z_old=None, rm_hidden=None, ref_hidden=None, seq_adv=None, sampled_ids=None, beta=beta):
+        with torch.no_grad():
+            z_old = z.detach() if z_old is None else z_old.to(z.dtype)
+            ids, adv_k = authors_support_advantage(rm_hidden, rm, ref_hidden, ref if advantage == "dpo" else None, z_old, topk)
+            if beta_neg is not None:  # the sampled token's advantage: its support entry, 0 off the support
+                on_support = ids == sampled_ids.long().unsqueeze(-1)
+                beta = select_beta(beta, beta_neg, torch.where(on_support, adv_k, torch.zeros_like(adv_k)).sum(-1))
+        return authors_loss_and_grad(kind, z, z_old, ids, adv_k, beta, need_grad=z.requires_grad)
+
+    loss_fn = authors_token_loss if support == "authors" else token_loss
+    return chunked_token_loss(policy, loss_fn, weights, chunk_size, targets=targets, stats=stats)

@@ -52,7 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def run_train(ctx: Context) -> dict:
-    p, cfg = ctx.preset, ctx.preset.train
+    p = ctx.preset
+    cfg = get_algo(p.train.algo).resolve(p.train)  # null samples_per_prompt / update_epochs / minibatches
     acc = make_accelerator(cfg.mixed_precision, p.seed)
     task = get_task(p.task, p.seed)  # bad task data fails here, before the stage folder is touched
     reward_fn = load_reward_fn(cfg.reward) if is_reward_ref(cfg.reward) else None

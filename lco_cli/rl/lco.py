@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from lco_cli.engines.chunked import VocabHead, compute_dtype
-from lco_cli.losses.lco_chunked import dense_advantage_chunk, lco_chunked_loss
+from lco_cli.losses.lco_chunked import authors_support_advantage, dense_advantage_chunk, lco_chunked_loss
 from lco_cli.rl.registry import register_algo
 from lco_cli.rl.update import (
     MicroBatch,
@@ -64,6 +64,11 @@ class LCOUpdate(Update):
     """
 
     dense_advantages = True
+    #: One pass over each rollout batch in 4 minibatch steps with z_old frozen at the batch's start: the
+    #: authors' `policy_train_lco*.py` train `inner_epochs=1` pass over each rollout buffer in minibatches
+    #: (`max_batch_size`) with the buffer's old logits; their count depends on buffer/GPU/accumulation
+    #: sizes no script fixes, so 4 is our choice (docs/compare.md "Defaults").
+    default_minibatches = 4
 
     @classmethod
     def needs_reward_model(cls, cfg) -> bool:
@@ -72,8 +77,14 @@ class LCOUpdate(Update):
     @classmethod
     def check(cls, cfg) -> list[str]:
         errors = super().check(cfg)
+        cfg = cls.resolve(cfg)
         if cfg.advantage == "sparse" and cfg.advantage_norm == "group" and cfg.samples_per_prompt < 2:
             errors.append("train.advantage_norm: 'group' needs train.samples_per_prompt >= 2")
+        if (cfg.advantage_support != "vocab") != (cfg.advantage_topk is not None):
+            errors.append("train.advantage_topk: set it exactly when train.advantage_support is 'policy_topk' or 'authors' "
+                          f"(got advantage_support={cfg.advantage_support!r}, advantage_topk={cfg.advantage_topk})")
+        if cfg.advantage_support == "authors" and cfg.advantage == "sparse":
+            errors.append("train.advantage_support: 'authors' is a support of dense advantages (advantage dpo or logprob)")
         return errors
 
     @torch.no_grad()
@@ -116,6 +127,11 @@ class LCOUpdate(Update):
         out = torch.empty(phi.num_tokens, dtype=compute_dtype(phi.weight.dtype), device=phi.hidden.device)
         for start in range(0, phi.num_tokens, cs):
             sl = slice(start, min(start + cs, phi.num_tokens))
+            if cfg.advantage_support == "authors":  # the support entry of the sampled token, 0 off the support
+                ids, adv_k = authors_support_advantage(phi.hidden[sl], phi, ref.hidden[sl] if dpo else None, ref if dpo else None,
+                                                       old.logits(sl), cfg.advantage_topk)
+                out[sl] = torch.where(ids == sampled[sl, None], adv_k, torch.zeros_like(adv_k)).sum(-1).to(out.dtype)
+                continue
             adv = dense_advantage_chunk(phi.hidden[sl], phi, ref.hidden[sl] if dpo else None, ref if dpo else None,
                                         old.logits(sl) if cfg.advantage_topk else None,
                                         center=cfg.advantage_center, clip=cfg.advantage_clip, topk=cfg.advantage_topk)
@@ -133,4 +149,5 @@ class LCOUpdate(Update):
         return lco_chunked_loss(policy, kind=cfg.objective, beta=cfg.beta, beta_neg=cfg.beta_neg, weights=weights,
                                 chunk_size=self.env.chunk_size, old=prep.old_head, advantage=cfg.advantage,
                                 rm=prep.phi_head, ref=prep.ref_head, sampled_ids=mb.sampled_ids, seq_adv=seq_adv,
-                                center=cfg.advantage_center, clip=cfg.advantage_clip, topk=cfg.advantage_topk, stats=stats)
+                                center=cfg.advantage_center, clip=cfg.advantage_clip, topk=cfg.advantage_topk,
+                                support=cfg.advantage_support, stats=stats)

@@ -155,6 +155,7 @@ class GroupUpdate(PolicyGradientUpdate):
     """GRPO / GSPO: group-normalised sequence rewards (r − mean_g) / (std_g + ε)."""
 
     min_samples_per_prompt = 2
+    default_samples_per_prompt = 4  # paper §5: four responses per instruction for GRPO, DAPO, GSPO
 
     def sequence_advantages(self, batch, stats):
         return by_group(self.algo.advantages, batch.rewards.float(), batch.group)
@@ -199,6 +200,7 @@ class DAPOUpdate(PolicyGradientUpdate):
     loss_cls = DAPO
     aggregation = "token"
     min_samples_per_prompt = 2
+    default_samples_per_prompt = 4  # paper §5
 
     @classmethod
     def owned_args(cls, cfg):

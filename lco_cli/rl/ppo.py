@@ -57,6 +57,7 @@ class PPOUpdate(PolicyGradientUpdate):
     loss_cls = PPO
     aggregation = "token"
     prepared_cls = PPOPrepared
+    default_update_epochs = 4  # TRL 1.16 PPOConfig.num_ppo_epochs = 4 (num_mini_batches = 1)
 
     @classmethod
     def needs_reward_model(cls, cfg) -> bool:

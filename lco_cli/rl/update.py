@@ -220,6 +220,10 @@ class Update:
     dense_advantages: ClassVar[bool] = False
     #: group methods need several samples of each prompt
     min_samples_per_prompt: ClassVar[int] = 1
+    #: what a null `train.samples_per_prompt` / `update_epochs` / `minibatches` means for this algorithm
+    default_samples_per_prompt: ClassVar[int] = 1
+    default_update_epochs: ClassVar[int] = 1
+    default_minibatches: ClassVar[int] = 1
     #: keep the behaviour policy's hidden states when a batch serves several optimizer steps
     #: (LCO's frozen z_old); policy-gradient methods only need the frozen log-probs.
     keeps_old_head: ClassVar[bool] = True
@@ -235,8 +239,15 @@ class Update:
         return cfg.reward == "rm"
 
     @classmethod
+    def resolve(cls, cfg: "TrainConfig") -> "TrainConfig":
+        """`cfg` with every null per-algorithm key replaced by this class's `default_<key>` (the one place)."""
+        keys = ("samples_per_prompt", "update_epochs", "minibatches")
+        return dataclasses.replace(cfg, **{k: getattr(cls, f"default_{k}") for k in keys if getattr(cfg, k) is None})
+
+    @classmethod
     def check(cls, cfg: "TrainConfig") -> list[str]:
         """Every problem of `train` for this algorithm, as 'key: message' strings."""
+        cfg = cls.resolve(cfg)
         errors = []
         if cfg.samples_per_prompt < cls.min_samples_per_prompt:
             errors.append(f"train.samples_per_prompt: {cls.name} needs >= {cls.min_samples_per_prompt} samples per prompt "
@@ -266,6 +277,7 @@ class Update:
     def loss_config(cls, cfg: "TrainConfig"):
         """`loss_cls.Config` from `train.algo_args` plus the loop-owned and derived keys; ConfigError (exit 2)
         on a bad or contradicting value."""
+        cfg = cls.resolve(cfg)
         errors = cls.check(cfg)
         if errors:
             raise ConfigError("invalid train.algo_args", errors)
@@ -278,7 +290,7 @@ class Update:
     # ---- the loop hooks
 
     def __init__(self, cfg: "TrainConfig", env: TrainEnv):
-        self.cfg, self.env = cfg, env
+        self.cfg, self.env = type(self).resolve(cfg), env
 
     def collect(self, sampler: "Sampler", step: int, examples: list) -> tuple["RolloutBatch | None", dict[str, Any]]:
         """Roll out `train.samples_per_prompt` responses per prompt and score them."""
