@@ -191,7 +191,7 @@ def markdown(summary: dict, img_rel: str, files: list[str]) -> str:
     fit = summary["tables"].get("fit", {}).get("methods", {})
     if fit:
         L += ["", f"### Within-batch descent: LCO at {summary['fit_epochs']} epochs × 1 minibatch", "",
-              f"Seed 0, picked lr, the same tokens at every optimizer step of a rollout batch with z_old frozen. Mean over "
+              "Seed 0, picked lr, the same tokens at every optimizer step of a rollout batch with z_old frozen. Mean over "
               "rollout batches of loss_last / loss_first.", "",
               "| method | loss last/first | final greedy |", "|---|---|---|"]
         L += [f"| {m} | {fmt(d.get('loss_last_over_first'), 2)} | {fmt(d['greedy_mean'])} |" for m, d in fit.items()]

@@ -1,6 +1,7 @@
 """Task registry, user tasks and reward functions from Python, validate's task checks, bundled presets."""
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import textwrap
@@ -210,12 +211,26 @@ def test_small_generation_caps_warn_but_validate(runner, workdir, caplog):
 
 
 PRESETS = ["tiny", "tiny-compare", "tiny-math", "qwen2.5-3b-math", "qwen3-4b-math", "qwen2.5-1.5b-math-verifier",
-           "qwen3-1.7b-math-verifier"]
+           "qwen3-1.7b-math-verifier", "llama3.2-3b-qafeedback", "qwen3-4b-alpaca"]
+
+# QA-Feedback is not on the hub: its preset reads the released files from data/qa_feedback/ (docs/reproduce.md).
+# A row of each, in the released fields, stands in for them (validate reads files, never models).
+QA_FEEDBACK_FILES = {
+    "train.json": [{"prompt": "question: Who wrote Hamlet? context: ..."}],
+    "sft_chosen_1k.jsonl": [{"prompt": "question: Who wrote Hamlet?", "response": "Shakespeare wrote it."}],
+    "preference_pairs.jsonl": [{"prompt": "question: Who wrote Hamlet?", "chosen": "Shakespeare.", "rejected": "Marlowe."}],
+    "test.json": [{"question": "Who wrote Hamlet?", "prompt": "question: Who wrote Hamlet? context: ..."}],
+}
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_bundled_preset_validates_offline(runner, workdir, name, caplog):
     caplog.set_level(logging.WARNING)
+    if name == "llama3.2-3b-qafeedback":
+        (workdir / "data/qa_feedback").mkdir(parents=True)
+        for file, rows in QA_FEEDBACK_FILES.items():
+            text = json.dumps(rows) if file.endswith(".json") else "".join(json.dumps(r) + "\n" for r in rows)
+            (workdir / "data/qa_feedback" / file).write_text(text)
     res = invoke(runner, "validate", name)
     assert res.exit_code == 0, res.output
     assert f"{name}: valid" in res.output
