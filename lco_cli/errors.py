@@ -1,4 +1,4 @@
-"""User-facing errors and the exit codes of the CLI contract (DESIGN §2).
+"""User-facing errors and the exit codes of the CLI contract (README, "Exit codes").
 
 Raising one of these anywhere ends the command with its exit code and one clear message;
 the CLI layer turns them into text, never a traceback.

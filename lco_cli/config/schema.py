@@ -128,7 +128,20 @@ class DataConfig:
 
 
 @dataclass
-class SFTConfig:
+class SupervisedLoopConfig:
+    """What the two supervised stages (sft, rm) share: sequence length, clipping, precision, checkpoints, logging."""
+
+    max_length: int = F(512, doc="Truncate prompt+response to this many tokens.", gt=1)
+    max_grad_norm: float = F(1.0, doc="Gradient clipping norm (0 disables).", ge=0)
+    mixed_precision: str = F("no", doc="accelerate mixed precision.", choices=("no", "bf16", "fp16"))
+    checkpoint_every: int = F(200, doc="Save a resumable checkpoint every N steps.", gt=0)
+    checkpoint_every_minutes: Optional[float] = F(None, doc="Also save one when this many minutes passed since the last (slow steps, preemptible jobs).", gt=0)
+    keep_checkpoints: int = F(2, doc="Keep the newest N checkpoints.", gt=0)
+    log_every: int = F(10, doc="Write a metrics row every N steps.", gt=0)
+
+
+@dataclass
+class SFTConfig(SupervisedLoopConfig):
     """Supervised warm-up on responses (loss on response tokens only)."""
 
     init_from: str = F("base", doc="'base' (model.policy), another stage name, or a path / hub id.")
@@ -140,13 +153,6 @@ class SFTConfig:
     micro_batch_size: int = F(64, doc="Examples per forward pass on one process (gradient accumulation fills the rest).", gt=0)
     epochs: float = F(1.0, doc="Passes over the data (the task's train split counts its distinct problems).", gt=0)
     max_steps: Optional[int] = F(None, doc="Cap on optimizer steps (overrides epochs when smaller).", gt=0)
-    max_length: int = F(512, doc="Truncate prompt+response to this many tokens.", gt=1)
-    max_grad_norm: float = F(1.0, doc="Gradient clipping norm (0 disables).", ge=0)
-    mixed_precision: str = F("no", doc="accelerate mixed precision.", choices=("no", "bf16", "fp16"))
-    checkpoint_every: int = F(200, doc="Save a resumable checkpoint every N steps.", gt=0)
-    checkpoint_every_minutes: Optional[float] = F(None, doc="Also save one when this many minutes passed since the last (slow steps, preemptible jobs).", gt=0)
-    keep_checkpoints: int = F(2, doc="Keep the newest N checkpoints.", gt=0)
-    log_every: int = F(10, doc="Write a metrics row every N steps.", gt=0)
     eval_problems: int = F(200, doc="Held-out problems for the greedy accuracy in sft/eval.json (verifiable tasks).", ge=0)
 
 
@@ -170,7 +176,7 @@ class PairsConfig:
 
 
 @dataclass
-class RMConfig:
+class RMConfig(SupervisedLoopConfig):
     """DPO reward model φ_DPO trained from rm.init_from (φ_ref = the frozen init)."""
 
     init_from: str = F("sft", doc="Stage name, path or hub id of φ_ref (and the init of φ_DPO).")
@@ -183,13 +189,6 @@ class RMConfig:
     micro_batch_size: int = F(32, doc="Pairs per forward pass on one process.", gt=0)
     epochs: float = F(1.0, doc="Passes over the pairs (paper: 1).", gt=0)
     max_steps: Optional[int] = F(None, doc="Cap on optimizer steps.", gt=0)
-    max_length: int = F(512, doc="Truncate prompt+response to this many tokens.", gt=1)
-    max_grad_norm: float = F(1.0, doc="Gradient clipping norm (0 disables).", ge=0)
-    mixed_precision: str = F("no", doc="accelerate mixed precision.", choices=("no", "bf16", "fp16"))
-    checkpoint_every: int = F(200, doc="Save a resumable checkpoint every N steps.", gt=0)
-    checkpoint_every_minutes: Optional[float] = F(None, doc="Also save one when this many minutes passed since the last (slow steps, preemptible jobs).", gt=0)
-    keep_checkpoints: int = F(2, doc="Keep the newest N checkpoints.", gt=0)
-    log_every: int = F(10, doc="Write a metrics row every N steps.", gt=0)
     pairs: PairsConfig = F(doc="Preference pairs.", factory=PairsConfig)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lco_cli.engines.generation import Rollouts, _cut_at_eos
+from lco_cli.engines.generation import Rollouts, cut_at_eos
 
 
 def pi_star_logits(z_sft: torch.Tensor, z_rm: torch.Tensor, z_ref: torch.Tensor, beta: float) -> torch.Tensor:
@@ -50,7 +50,7 @@ class CompositeEngine:
             chunk = expanded[start : start + self.batch_size]
             gen = self._generate_chunk([p for _, p in chunk], temperature, top_p, max_new_tokens)
             for (gi, p), row in zip(chunk, gen):
-                resp, truncated = _cut_at_eos(row, self.tokenizer.eos_token_id)
+                resp, truncated = cut_at_eos(row, self.tokenizer.eos_token_id)
                 out.add(p, resp, truncated, gi, self.tokenizer)
         return out
 

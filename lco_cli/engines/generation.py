@@ -112,7 +112,7 @@ class HFEngine:
                         eos_token_id=eos, pad_token_id=pad, use_cache=True, **sampling,
                     )[:, width:].cpu()
                 for row, (gi, p) in enumerate(chunk):
-                    resp, truncated = _cut_at_eos(gen[row].tolist(), eos)
+                    resp, truncated = cut_at_eos(gen[row].tolist(), eos)
                     out.add(p, resp, truncated, gi, tok)
         finally:
             self.model.train(was_training)
@@ -165,7 +165,7 @@ def mixed_sample(policy, teacher, input_ids, attention_mask, alpha: float, *, ma
     return torch.stack(tokens, dim=1) if tokens else input_ids.new_zeros((input_ids.shape[0], 0))
 
 
-def _cut_at_eos(tokens: list[int], eos: int) -> tuple[list[int], bool]:
+def cut_at_eos(tokens: list[int], eos: int) -> tuple[list[int], bool]:
     """Keep tokens up to and including the first EOS; no EOS means the response was truncated."""
     if eos in tokens:
         return tokens[: tokens.index(eos) + 1], False

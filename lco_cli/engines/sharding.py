@@ -1,6 +1,6 @@
 """The full lm_head weight for the chunked-loss engine when the policy is sharded (FSDP).
 
-The engine applies the lm_head itself, in token chunks, outside the model's forward (DESIGN §5),
+The engine applies the lm_head itself, in token chunks, outside the model's forward (engines/chunked.py),
 so under FSDP it needs the whole `[V, H]` head weight and a gradient that reaches the shards.
 
 Decision: **gather, differentiably** — not FSDP's `summon_full_params`.

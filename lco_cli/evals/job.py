@@ -95,7 +95,7 @@ def generate_responses(job: EvalJob, benchmark: str, items: list[Prompted]) -> l
 
 
 def mean_and_stderr(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation / sqrt(n) (DESIGN §3)."""
+    """Mean and sample standard deviation / sqrt(n) (the results.json contract)."""
     n = len(values)
     if not n:
         return 0.0, 0.0

@@ -1,4 +1,4 @@
-"""Answer checking for math benchmarks and rewards, built on math-verify.
+"""Answer checking for math benchmarks and rewards, built on math-verify. (~500 lines: the sandboxed worker pool and its wire protocol are one unit.)
 
 Three entry points:
 
@@ -208,11 +208,11 @@ _READY = "ready"
 # does), then enter the loop. argv: the path list as JSON, the socket's file descriptor.
 _BOOTSTRAP = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from lco_cli.evals.verify import _worker_entry; _worker_entry(int(sys.argv[2]))"
+    "from lco_cli.evals.verify import worker_entry; worker_entry(int(sys.argv[2]))"
 )
 
 
-def _worker_entry(fd: int) -> None:
+def worker_entry(fd: int) -> None:
     """Worker process: receive the check function, warm up, then serve items until EOF/None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and kills us
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # a timeout is an expected outcome

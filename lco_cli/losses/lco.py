@@ -1,4 +1,4 @@
-"""Logits Convex Optimization (LCO) objectives — reference, unchunked implementations.
+"""Logits Convex Optimization (LCO) objectives — reference, unchunked implementations. (~400 lines: three objectives, each with its equations and closed-form gradient.)
 
 Paper: "Stabilizing Policy Optimization via Logits Convexity" (arXiv 2603.00963).
 

@@ -1,4 +1,4 @@
-"""Policy-gradient baseline losses that LCO (arXiv 2603.00963, §5 "Baselines") is compared to.
+"""Policy-gradient baseline losses that LCO (arXiv 2603.00963, §5 "Baselines") is compared to. (~400 lines: five losses, each with its paper's config and checks.)
 
 Every loss is a pure function of per-token tensors over *response* tokens, shape ``[B, T]``,
 with a ``mask [B, T]`` (bool or float, 1 = real token, right padding allowed):
@@ -253,15 +253,8 @@ class GRPO(_GroupAdvantages, BaselineLoss):
                 "max_completion_length must be > 0",
             )
 
-    def loss(
-        self,
-        *,
-        logprobs: Tensor,
-        old_logprobs: Tensor,
-        advantages: Tensor,
-        mask: Tensor,
-        ref_logprobs: Optional[Tensor] = None,
-    ) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, *, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
+             ref_logprobs: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:
         c = self.config
         eps_low = c.epsilon
         eps_high = c.epsilon if c.epsilon_high is None else c.epsilon_high
@@ -330,15 +323,8 @@ class DAPO(_GroupAdvantages, BaselineLoss):
         g = self.config.group_size
         return dynamic_sampling_keep(rewards, g).repeat_interleave(g)
 
-    def loss(
-        self,
-        *,
-        logprobs: Tensor,
-        old_logprobs: Tensor,
-        advantages: Tensor,
-        mask: Tensor,
-        ref_logprobs: Optional[Tensor] = None,
-    ) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, *, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
+             ref_logprobs: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:
         c = self.config
         adv = token_advantages(advantages.detach(), logprobs)
         log_ratio = logprobs - old_logprobs.detach()
@@ -381,15 +367,8 @@ class GSPO(_GroupAdvantages, BaselineLoss):
             check_group(c, self.group_size, 2)
             c.require(self.adv_eps >= 0, "adv_eps must be >= 0")
 
-    def loss(
-        self,
-        *,
-        logprobs: Tensor,
-        old_logprobs: Tensor,
-        advantages: Tensor,
-        mask: Tensor,
-        ref_logprobs: Optional[Tensor] = None,
-    ) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, *, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
+             ref_logprobs: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:
         c = self.config
         adv = token_advantages(advantages.detach(), logprobs)
         seq_log_ratio = masked_mean(logprobs - old_logprobs.detach(), mask, dim=-1)  # log s_i, [B]

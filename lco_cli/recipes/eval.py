@@ -1,7 +1,7 @@
 """The `lco eval` stage: every policy in `eval.policies` on every benchmark in `eval.benchmarks`.
 
 Math benchmarks (arith, math500, amc23, minerva): pass@1 = mean over problems of the fraction of the k samples that are correct; stderr = sample
-standard deviation of those per-problem fractions / sqrt(n_problems) (DESIGN §3). Every
+standard deviation of those per-problem fractions / sqrt(n_problems) (the results.json contract). Every
 generation is kept in `eval/samples/<policy>/<benchmark>.jsonl` with its extracted answer and
 verdict. A (policy, benchmark) pair that finished is not recomputed when an interrupted eval resumes.
 

@@ -25,21 +25,8 @@ from lco_cli.losses.dpo import dpo_loss
 from lco_cli.rl.advantage_sources import RM_META
 from lco_cli.runtime import models
 from lco_cli.runtime.rundir import atomic_write_json, atomic_write_text
-from lco_cli.runtime.training import (
-    Progress,
-    batch_indices,
-    checkpoint_due,
-    load_checkpoint,
-    make_accelerator,
-    make_optimizer,
-    make_scheduler,
-    maybe_interrupt,
-    optimizer_step,
-    save_checkpoint,
-    shard,
-    stage_run,
-    total_steps,
-)
+from lco_cli.runtime.training import (Progress, batch_indices, checkpoint_due, load_checkpoint, make_accelerator,
+    make_optimizer, make_scheduler, maybe_interrupt, optimizer_step, save_checkpoint, shard, stage_run, total_steps)
 from lco_cli.tasks import get_task
 
 if TYPE_CHECKING:  # pragma: no cover

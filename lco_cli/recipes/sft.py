@@ -13,21 +13,8 @@ from lco_cli.engines.scoring import token_logprobs
 from lco_cli.errors import ConfigError
 from lco_cli.runtime import models
 from lco_cli.runtime.rundir import atomic_write_json
-from lco_cli.runtime.training import (
-    Progress,
-    batch_indices,
-    checkpoint_due,
-    load_checkpoint,
-    make_accelerator,
-    make_optimizer,
-    make_scheduler,
-    maybe_interrupt,
-    optimizer_step,
-    save_checkpoint,
-    shard,
-    stage_run,
-    total_steps,
-)
+from lco_cli.runtime.training import (Progress, batch_indices, checkpoint_due, load_checkpoint, make_accelerator,
+    make_optimizer, make_scheduler, maybe_interrupt, optimizer_step, save_checkpoint, shard, stage_run, total_steps)
 from lco_cli.tasks import get_task, greedy_accuracy
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -27,21 +27,9 @@ from lco_cli.rl.sampling import Sampler
 from lco_cli.rl.update import HiddenStatesLM, MicroBatch, Normaliser, TrainEnv
 from lco_cli.runtime import models
 from lco_cli.runtime.rundir import atomic_write_json
-from lco_cli.runtime.training import (
-    Progress,
-    batch_indices,
-    check_finite_parameters,
-    checkpoint_due,
-    grad_norm_of,
-    load_checkpoint,
-    make_accelerator,
-    make_optimizer,
-    make_scheduler,
-    maybe_interrupt,
-    save_checkpoint,
-    shard,
-    stage_run,
-)
+from lco_cli.runtime.training import (Progress, batch_indices, check_finite_parameters, checkpoint_due, grad_norm_of,
+    load_checkpoint, make_accelerator, make_optimizer, make_scheduler, maybe_interrupt, save_checkpoint, shard,
+    stage_run)
 from lco_cli.runtime.rundir import MetricsLog
 from lco_cli.tasks import get_task, greedy_accuracy
 from lco_cli.tasks.rewards import is_reward_ref, load_reward_fn

@@ -278,12 +278,6 @@ def save_final(model, tokenizer, final_dir: Path, extra: dict[str, dict] | None 
             (tmp / name).write_text(json.dumps(obj, indent=2))
 
 
-def check_same_vocab(tok_a, tok_b, name_a: str, name_b: str) -> None:
-    """Policy and RM must share a vocabulary for token-level advantages (exit 2 otherwise)."""
-    if len(tok_a) != len(tok_b) or tok_a.get_vocab() != tok_b.get_vocab():
-        raise ConfigError(f"tokenizers differ: '{name_a}' ({len(tok_a)} tokens) and '{name_b}' ({len(tok_b)} tokens) "
-                          "must share one vocabulary for token-level advantages")
-
 
 def final_hidden_and_head(model, input_ids, attention_mask):
     """Final (post-norm) hidden states and the lm_head module of a causal LM (LoRA-aware)."""

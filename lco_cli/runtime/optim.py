@@ -22,7 +22,6 @@ def make_accelerator(mixed_precision: str, seed: int):
 
 def make_optimizer(model, lr: float, weight_decay: float):
     params = [p for p in model.parameters() if p.requires_grad]
-    # Fused/foreach AdamW is the fast path on GPU; on CPU the default is fine.
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
 
 

@@ -1,4 +1,4 @@
-"""The run directory contract (DESIGN §1): run.json, config.yaml and one folder per stage.
+"""The run directory contract (docs/architecture.md): run.json, config.yaml and one folder per stage.
 
 Every file is written atomically (temp name in the same folder, then `os.replace`), `final/`
 appears only when complete, and a stage folder is locked while a process writes it. A rerun of a

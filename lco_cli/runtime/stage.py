@@ -20,7 +20,7 @@ from pathlib import Path
 from lco_cli.config import STAGES, Preset, config_hash, dump_yaml, to_dict
 from lco_cli.errors import ConfigError, Interrupted, LcoError, StageLockedError
 from lco_cli.runtime.console import warn
-from lco_cli.runtime.rundir import STAGES_WITH_FINAL, RunDir, StageDir, atomic_write_json, atomic_write_text, exchange_dirs
+from lco_cli.runtime.rundir import STAGES_WITH_FINAL, RunDir, StageDir, atomic_write_text, exchange_dirs
 
 
 def stage_inputs(preset: Preset, stage: str) -> dict:
@@ -330,7 +330,3 @@ def clear_stage(sd: StageDir) -> None:
             shutil.rmtree(child, ignore_errors=True)
         else:
             child.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write_json(path, obj)

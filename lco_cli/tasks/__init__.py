@@ -1,4 +1,4 @@
-"""Tasks: where prompts, reference solutions and verdicts come from (DESIGN §9).
+"""Tasks: where prompts, reference solutions and verdicts come from (docs/tasks.md).
 
 The registry maps `task.name` to a `Task` class: `arith` (the `tiny` default), `math` (MATH-schema
 rows, math-verify), `prompts` (instructions, no verifier), or a user's `package.module:Class`

@@ -1,4 +1,4 @@
-"""`tiny-math`: a CPU stand-in of the real math path (DESIGN §7).
+"""`tiny-math`: a CPU stand-in of the real math path (docs/tasks.md).
 
 Two parts, both built locally and deterministically (no download):
 
