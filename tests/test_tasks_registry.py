@@ -251,7 +251,7 @@ def test_paper_presets_carry_the_paper_settings():
     """§5: LCO β 1.0 / lr 5e-6, T 0.6, top-p 0.95, 2,048 tokens, RM lr 1e-6 one epoch, SFT 1,000 one epoch."""
     from lco_cli.config import load
 
-    for name in PRESETS[3:]:
+    for name in ("qwen2.5-3b-math", "qwen3-4b-math", "qwen2.5-1.5b-math-verifier", "qwen3-1.7b-math-verifier"):
         p = load(name)[1]
         assert (p.train.beta, p.train.lr, p.train.rollout.temperature, p.train.rollout.top_p) == (1.0, 5e-6, 0.6, 0.95)
         assert p.train.rollout.max_new_tokens == p.eval.max_new_tokens == 2048
