@@ -56,8 +56,8 @@ def test_builder_writes_a_loadable_hf_folder_with_bpe_and_chat_template(built):
     assert rendered == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert tok.eos_token == "<|im_end|>" and model.config.eos_token_id == tok.eos_token_id
     assert tok.convert_ids_to_tokens(tok(rendered)["input_ids"])[0] == "<|im_start|>"  # one special token
-    # Embedding rows padded past the tokenizer as in Qwen checkpoints (600 tokens -> 640 rows).
-    assert model.config.vocab_size == 640 and usable_vocab(tok) == 600
+    # Embedding rows padded past the tokenizer as in Qwen checkpoints (450 tokens -> 512 rows).
+    assert model.config.vocab_size == 512 and usable_vocab(tok) == 450
     rows = [json.loads(line) for line in (built / "tiny_math_train.jsonl").read_text().splitlines()]
     assert rows == tiny_math.generate_rows()
     out = model.generate(**tok(rendered, return_tensors="pt"), max_new_tokens=3, do_sample=False)

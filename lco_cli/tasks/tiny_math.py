@@ -4,8 +4,8 @@ Two parts, both built locally and deterministically (no download):
 
 * `generate_rows()` -- synthetic MATH-schema problems (`problem`, `solution` ending in a
   `\\boxed{}` LaTeX answer such as `\\frac{1}{2}`, `level`, `type`, `unique_id`): fraction sums,
-  linear equations and integer expressions. Generated, not real benchmark items. A preset selects
-  them with `task.source: tiny-math` (they are made in memory; `write_jsonl` saves them as JSONL).
+  equations `ax = b`, small integer sums and differences. Generated, not benchmark items. A preset
+  selects them with `task.source: tiny-math` (they are made in memory; `write_jsonl` saves them as JSONL).
 * `build_tiny_math(spec, seed, out_dir)` -- a small Qwen2-architecture model with a byte-level BPE
   tokenizer trained with `tokenizers` on those problems, a Qwen-style chat template
   (`<|im_start|>` ... `<|im_end|>`, EOS = `<|im_end|>`) and embedding rows padded past the
@@ -25,11 +25,11 @@ from lco_cli.evals.benchmarks import COT_INSTRUCTION
 from lco_cli.runtime.rundir import atomic_dir
 
 SOURCE = "tiny-math"  # the task.source / model.policy name
-N_ROWS = 3000
-#: Longest tokenized solution of the generated set is ~60 tokens; 128 leaves room (validate's rule).
+N_ROWS = 1200
+#: The longest generated solution is ~40 tokens; 128 leaves room (validate warns below a quarter).
 MAX_NEW_TOKENS = 128
-ARCH_DEFAULTS = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 256, "positions": 512,
-                 "vocab": 600, "pad_to": 64}
+ARCH_DEFAULTS = {"hidden": 96, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 384, "positions": 512,
+                 "vocab": 450, "pad_to": 64}
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -48,51 +48,44 @@ def latex(q: Fraction) -> str:
     return f"{sign}\\frac{{{abs(q.numerator)}}}{{{q.denominator}}}"
 
 
-def fraction_sum(rng: random.Random) -> tuple[str, str]:
-    a, b = Fraction(rng.randint(1, 9), rng.randint(2, 9)), Fraction(rng.randint(1, 9), rng.randint(2, 9))
-    total = a + b
-    problem = (f"What is $\\frac{{{a.numerator}}}{{{a.denominator}}} + \\frac{{{b.numerator}}}{{{b.denominator}}}$? "
-               "Express your answer as a common fraction.")
-    common = a.denominator * b.denominator
-    solution = (f"Over the common denominator {common}: $\\frac{{{a.numerator * b.denominator}}}{{{common}}} + "
-                f"\\frac{{{b.numerator * a.denominator}}}{{{common}}} = \\frac{{{a.numerator * b.denominator + b.numerator * a.denominator}}}{{{common}}}$, "
-                f"which simplifies to $\\boxed{{{latex(total)}}}$.")
-    return problem, solution
+# Problem families small enough for a ~0.3M-parameter model to learn in a few CPU minutes, with
+# answers written as MATH writes them (integers, negative numbers, \frac{}{} in lowest terms).
 
 
-def linear_equation(rng: random.Random) -> tuple[str, str]:
-    a, b, c = rng.randint(2, 9), rng.randint(-9, 9), rng.randint(-20, 20)
-    x = Fraction(c - b, a)
-    problem = f"Solve for $x$: ${a}x {'+' if b >= 0 else '-'} {abs(b)} = {c}$."
-    move = f"Subtract {b} from both sides" if b >= 0 else f"Add {-b} to both sides"
-    solution = f"{move}: ${a}x = {c - b}$. Divide by {a}: $x = \\boxed{{{latex(x)}}}$."
-    return problem, solution
+def fraction_sums() -> list[tuple[str, str]]:
+    out = []
+    for d in range(2, 13):
+        for a in range(1, d):
+            for b in range(1, d):
+                problem = f"What is $\\frac{{{a}}}{{{d}}} + \\frac{{{b}}}{{{d}}}$? Express your answer in lowest terms."
+                solution = (f"Add the numerators: $\\frac{{{a} + {b}}}{{{d}}} = \\frac{{{a + b}}}{{{d}}}$, "
+                            f"which is $\\boxed{{{latex(Fraction(a + b, d))}}}$.")
+                out.append((problem, solution))
+    return out
 
 
-def integer_expression(rng: random.Random) -> tuple[str, str]:
-    a, b, c = rng.randint(2, 19), rng.randint(2, 19), rng.randint(1, 50)
-    problem = f"Compute ${a} \\times {b} - {c}$."
-    solution = f"First ${a} \\times {b} = {a * b}$, then ${a * b} - {c} = \\boxed{{{a * b - c}}}$."
-    return problem, solution
+def linear_equations() -> list[tuple[str, str]]:
+    return [(f"Solve for $x$: ${a}x = {b}$.",
+             f"Divide both sides by {a}: $x = \\frac{{{b}}}{{{a}}} = \\boxed{{{latex(Fraction(b, a))}}}$.")
+            for a in range(2, 10) for b in range(1, 31)]
 
 
-KINDS = {"Prealgebra": fraction_sum, "Algebra": linear_equation, "Arithmetic": integer_expression}
+def integer_expressions() -> list[tuple[str, str]]:
+    return [(f"Compute ${a} {op} {b}$.", f"We have ${a} {op} {b} = \\boxed{{{a + b if op == '+' else a - b}}}$.")
+            for a in range(20) for b in range(20) for op in "+-"]
+
+
+KINDS = {"Prealgebra": fraction_sums, "Algebra": linear_equations, "Arithmetic": integer_expressions}
 
 
 def generate_rows(n: int = N_ROWS, seed: int = 0) -> list[dict]:
-    """`n` distinct synthetic MATH-schema rows, the same for the same (n, seed)."""
-    rng = random.Random(f"tiny-math-{seed}")
-    rows, seen = [], set()
-    kinds = sorted(KINDS)
-    while len(rows) < n:
-        kind = kinds[len(rows) % len(kinds)]
-        problem, solution = KINDS[kind](rng)
-        if problem in seen:
-            continue
-        seen.add(problem)
-        rows.append({"problem": problem, "solution": solution, "level": "Level 1", "type": kind,
-                     "unique_id": f"tiny-math/{len(rows)}"})
-    return rows
+    """`n` of the 1,546 distinct problems (seeded choice and order), the same for the same (n, seed)."""
+    pool = [(kind, problem, solution) for kind in sorted(KINDS) for problem, solution in KINDS[kind]()]
+    if n > len(pool):
+        raise ValueError(f"tiny-math: only {len(pool)} distinct problems, fewer than the {n} asked for")
+    random.Random(f"tiny-math-{seed}").shuffle(pool)
+    return [{"problem": problem, "solution": solution, "level": "Level 1", "type": kind, "unique_id": f"tiny-math/{i}"}
+            for i, (kind, problem, solution) in enumerate(pool[:n])]
 
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:
