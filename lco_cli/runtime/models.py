@@ -12,7 +12,6 @@ lr per step (paper: 5e-6), under half of bfloat16's spacing near a typical weigh
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import string
 from pathlib import Path
@@ -23,6 +22,7 @@ from lco_cli.runtime.architectures import RANDOM_PREFIX, build_random_model, par
 # ReferenceView / reference_for are re-exported: the train stage calls `models.reference_for(policy)`.
 from lco_cli.runtime.lora import (LORA_SAVE_ATTR, ReferenceView, adapter_base, apply_lora, is_adapter_dir,  # noqa: F401
                                   reference_for, save_adapter)
+from lco_cli.runtime.builds import build_once, seeded_qwen2
 from lco_cli.runtime.rundir import STAGES_WITH_FINAL, atomic_dir
 from lco_cli.tasks.tiny_math import resolve_spec as resolve_tiny_math
 
@@ -71,57 +71,24 @@ def char_tokenizer():
 def build_tiny(spec: str, seed: int, out_dir: Path) -> Path:
     """Build the tiny Qwen2 model + char tokenizer into `out_dir` (idempotent, atomic)."""
     arch = parse_tiny_spec(spec)
-    marker = out_dir / "lco_tiny.json"
-    wanted = {"spec": spec, "seed": seed, "arch": arch}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Several processes (DDP ranks) may ask at once: build under a file lock, once.
-    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and json.loads(marker.read_text()) == wanted:
-            return out_dir
-        return _build_tiny(wanted, out_dir, seed, arch)
 
+    def make():
+        tok = char_tokenizer()
+        return seeded_qwen2(arch, len(tok), seed, tok, bos_token_id=tok.bos_token_id), tok
 
-def _build_tiny(wanted: dict, out_dir: Path, seed: int, arch: dict) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    tok = char_tokenizer()
-    cfg = Qwen2Config(
-        vocab_size=len(tok), hidden_size=arch["hidden"], intermediate_size=arch["intermediate"],
-        num_hidden_layers=arch["layers"], num_attention_heads=arch["heads"], num_key_value_heads=arch["kv_heads"],
-        max_position_embeddings=arch["positions"], tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    with torch.random.fork_rng():  # seeded init without touching the caller's RNG stream
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(cfg)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / "lco_tiny.json").write_text(json.dumps(wanted))
-    return out_dir
+    return build_once(out_dir, "lco_tiny.json", {"spec": spec, "seed": seed, "arch": arch}, make)
 
 
 def build_random(spec: str, seed: int, out_dir: Path) -> Path:
     """Build a random-weight real-size model (`random:ARCH`) into `out_dir` in bfloat16 (idempotent, atomic)."""
     name = parse_random_spec(spec)
-    marker = out_dir / "lco_random.json"
-    wanted = {"spec": spec, "seed": seed}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and json.loads(marker.read_text()) == wanted:
-            return out_dir
+
+    def make():
         import torch
 
-        model, tok = build_random_model(name, seed, dtype=torch.bfloat16)  # bf16 on disk, as published
-        with atomic_dir(out_dir) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
-            (tmp / "lco_random.json").write_text(json.dumps(wanted))
-        return out_dir
+        return build_random_model(name, seed, dtype=torch.bfloat16)  # bf16 on disk, as published
+
+    return build_once(out_dir, "lco_random.json", {"spec": spec, "seed": seed}, make)
 
 
 def build_builtin(spec: str, seed: int, out_dir: Path) -> Path | None:

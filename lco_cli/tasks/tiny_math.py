@@ -14,7 +14,6 @@ Two parts, both built locally and deterministically (no download):
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import random
 from fractions import Fraction
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from lco_cli.errors import ConfigError
 from lco_cli.evals.benchmarks import COT_INSTRUCTION
-from lco_cli.runtime.rundir import atomic_dir
+from lco_cli.runtime.builds import build_once, seeded_qwen2
 
 SOURCE = "tiny-math"  # the task.source / model.policy name
 N_ROWS = 1200
@@ -142,42 +141,18 @@ def build_tiny_math(spec: str, seed: int, out_dir: Path) -> Path:
     arch = parse_spec(spec)
     if arch is None:
         raise ValueError(f"not a tiny-math spec: {spec}")
-    out_dir = Path(out_dir)
-    marker = out_dir / "lco_tiny_math.json"
-    wanted = {"spec": spec, "seed": seed, "arch": arch, "rows": N_ROWS}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Several processes (DDP ranks) may ask at once: build under a file lock, once.
-    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and json.loads(marker.read_text()) == wanted:
-            return out_dir
-        return write_model(wanted, arch, seed, out_dir)
-
-
-def write_model(wanted: dict, arch: dict, seed: int, out_dir: Path) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
     rows = generate_rows()
-    tok = train_tokenizer(corpus(rows), arch["vocab"])
-    rows_in_embedding = -(-len(tok) // arch["pad_to"]) * arch["pad_to"]  # padded like Qwen checkpoints
-    cfg = Qwen2Config(
-        vocab_size=rows_in_embedding, hidden_size=arch["hidden"], intermediate_size=arch["intermediate"],
-        num_hidden_layers=arch["layers"], num_attention_heads=arch["heads"], num_key_value_heads=arch["kv_heads"],
-        max_position_embeddings=arch["positions"], tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    with torch.random.fork_rng():  # seeded init without touching the caller's RNG stream
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(cfg)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        write_jsonl(rows, tmp / "tiny_math_train.jsonl")  # the data the tokenizer was trained on
-        (tmp / "lco_tiny_math.json").write_text(json.dumps(wanted))
-    return out_dir
+
+    def make():
+        tok = train_tokenizer(corpus(rows), arch["vocab"])
+        rows_in_embedding = -(-len(tok) // arch["pad_to"]) * arch["pad_to"]  # padded like Qwen checkpoints
+        return seeded_qwen2(arch, rows_in_embedding, seed, tok, bos_token_id=None), tok
+
+    def data(folder: Path) -> None:
+        write_jsonl(rows, folder / "tiny_math_train.jsonl")  # the data the tokenizer was trained on
+
+    wanted = {"spec": spec, "seed": seed, "arch": arch, "rows": N_ROWS}
+    return build_once(Path(out_dir), "lco_tiny_math.json", wanted, make, data)
 
 
 def resolve_spec(ref: str, seed: int, out_dir: Path) -> str | None:
