@@ -50,14 +50,49 @@ def math_run(tmp_path_factory):
     runner = CliRunner()
     import os
 
+    from lco_cli.tasks import MathTask
+
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        res = invoke(runner, "run", "m.yaml", "--run-dir", "run")
+        assert invoke(runner, "sft", "m.yaml", "--run-dir", "run").exit_code == 0
+        # `self` pairs from two samplers. A 3-step policy is never right, so for this stage alone a
+        # stand-in verifier (every other sample correct) labels them: the plumbing, not math-verify,
+        # is under test here; the train stage below runs with the real verifier.
+        lenient = lambda self, examples, responses, timeout=5.0: [(None, i % 2 == 0) for i in range(len(responses))]  # noqa: E731
+        from lco_cli.recipes import rm as rm_recipe
+
+        real, samplers = rm_recipe.sample_and_verify, []
+
+        def spy(ref, ctx, task, examples):
+            samplers.append(ref)
+            return real(ref, ctx, task, examples)
+
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(MathTask, "check_batch", lenient)
+            m.setattr(rm_recipe, "sample_and_verify", spy)
+            res = invoke(runner, "rm", "m.yaml", "--run-dir", "run", "rm.pairs.source=self", "rm.pairs.sampler=[sft, base]",
+                         "rm.pairs.n_prompts=6", "rm.pairs.samples_per_prompt=2", "rm.pairs.max_new_tokens=8")
+        assert res.exit_code == 0, res.output
+        (root / "samplers.json").write_text(json.dumps(samplers))
+        res = invoke(runner, "run", "m.yaml", "--run-dir", "run", "--stages", "train,eval",
+                     "rm.pairs.source=self", "rm.pairs.sampler=[sft, base]", "rm.pairs.n_prompts=6",
+                     "rm.pairs.samples_per_prompt=2", "rm.pairs.max_new_tokens=8")
     finally:
         os.chdir(cwd)
     assert res.exit_code == 0, res.output
     return root
+
+
+def test_self_pairs_on_the_math_task_come_from_both_samplers_with_templated_prompts(math_run):
+    pairs = read_jsonl(math_run / "run/rm/pairs.jsonl")
+    # 6 prompts × (2 samples from sft + 2 from base): each prompt pools 4 responses, 2 labelled correct
+    assert json.loads((math_run / "samplers.json").read_text()) == ["sft", "base"]
+    assert pairs and all(p["prompt"].startswith("<|im_start|>") and p["chosen"] != p["rejected"] for p in pairs)
+    from lco_cli.tasks.tiny_math import generate_rows
+
+    problems = [r["problem"] for r in generate_rows()]
+    assert all(any(q in p["prompt"] for q in problems) for p in pairs)  # the task's own problems
 
 
 def test_math_task_trains_on_templated_prompts_with_math_verify_rewards(math_run):
@@ -158,3 +193,28 @@ def test_rm_with_more_padded_rows_trains_with_dense_dpo_advantages(runner, run_d
     assert res.exit_code == 0, res.output
     row = read_jsonl(run_dir / "train/metrics.jsonl")[-1]
     assert torch.isfinite(torch.tensor(row["loss"])) and row["grad_norm"] > 0
+
+
+def test_generation_caps_default_to_the_tasks_budget(runner, workdir):
+    """Caps left null become the task's budget: the paper's 2,048 tokens for math, 16 for arith; the
+    resolved number is what the run records (config.yaml) and what an explicit value overrides."""
+    from lco_cli.config import load
+
+    (workdir / "m.jsonl").write_text(json.dumps({"problem": "1+1?", "solution": "\\boxed{2}"}) + "\n")
+    math = {"task": {"name": "math", "source": "m.jsonl"}, "eval": {"benchmarks": ["task"]}}
+    (workdir / "m.yaml").write_text(yaml.safe_dump(math))
+    p = load(str(workdir / "m.yaml"))[1]
+    assert (p.train.rollout.max_new_tokens, p.rm.pairs.max_new_tokens, p.eval.max_new_tokens) == (2048, 2048, 2048)
+    p = load(str(workdir / "m.yaml"), ["train.rollout.max_new_tokens=300"])[1]
+    assert (p.train.rollout.max_new_tokens, p.eval.max_new_tokens) == (300, 2048)
+    p = load("tiny")[1]
+    assert p.train.rollout.max_new_tokens == p.eval.max_new_tokens == 16
+    res = invoke(runner, "validate", str(workdir / "m.yaml"))
+    assert res.exit_code == 0 and "too small" not in res.output, res.output
+
+
+def test_the_run_records_the_resolved_cap(math_run):
+    resolved = yaml.safe_load((math_run / "run/config.yaml").read_text())
+    assert resolved["rm"]["pairs"]["max_new_tokens"] == 8  # given on the command line
+    assert resolved["eval"]["max_new_tokens"] == MATH["eval"]["max_new_tokens"]
+    assert resolved["train"]["rollout"]["max_new_tokens"] == MATH["train"]["rollout"]["max_new_tokens"]

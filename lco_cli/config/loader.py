@@ -142,12 +142,28 @@ def from_dict(data: dict) -> Preset:
     if not isinstance(data, dict):
         raise ConfigError("preset: expected a YAML mapping at the top level")
     preset = build(Preset, data, "", errors)
+    if not errors:
+        resolve_generation_caps(preset)
     errors.extend(size_bound_errors(preset))
     if not errors:
         _cross_checks(preset, errors)
     if errors:
         raise ConfigError(f"invalid preset ({len(errors)} problem{'s' * (len(errors) > 1)})", errors)
     return preset
+
+
+def resolve_generation_caps(p: Preset) -> None:
+    """Generation caps left null (`train.rollout`, `rm.pairs`, `eval`) become the task's budget (arith 16,
+    math the paper's 2,048), so the resolved preset — config.yaml, the stage identity — holds the number used."""
+    from lco_cli.tasks import task_class
+
+    try:
+        budget = task_class(p.task.name).default_max_new_tokens(p.task)
+    except ConfigError:
+        budget = 16  # an unknown task is reported by task_checks; any number keeps the other checks going
+    for section in (p.train.rollout, p.rm.pairs, p.eval):
+        if section.max_new_tokens is None:
+            section.max_new_tokens = budget
 
 
 def to_dict(obj: Any) -> dict:

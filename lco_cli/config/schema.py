@@ -168,7 +168,7 @@ class PairsConfig:
     samples_per_prompt: int = F(8, doc="Responses sampled per prompt for 'self'.", ge=2)
     temperature: float = F(1.0, doc="Sampling temperature for 'self'.", gt=0)
     top_p: float = F(1.0, doc="Nucleus sampling for 'self'.", gt=0, le=1)
-    max_new_tokens: int = F(16, doc="Response length cap for 'self'.", gt=0)
+    max_new_tokens: Optional[int] = F(None, doc="Response length cap for 'self'; null = the task's budget (arith 16, math 2,048).", gt=0)
     max_pairs_per_prompt: int = F(4, doc="At most this many (chosen, rejected) pairs per prompt.", gt=0)
     max_pairs: int = F(4096, doc="Cap on the total number of pairs.", gt=0)
     eval_fraction: float = F(0.1, doc="Fraction of prompts held out for rm/eval.json.", ge=0, lt=1)
@@ -199,7 +199,7 @@ class RolloutConfig:
     engine: str = F("hf", doc="'hf' (transformers generate, CPU/GPU) or 'vllm' (GPU, optional extra).", choices=("hf", "vllm"))
     temperature: float = F(0.6, doc="Sampling temperature (paper: 0.6).", gt=0)
     top_p: float = F(0.95, doc="Nucleus sampling (paper: 0.95).", gt=0, le=1)
-    max_new_tokens: int = F(16, doc="Response length cap (truncated responses are flagged).", gt=0)
+    max_new_tokens: Optional[int] = F(None, doc="Response length cap (truncated responses are flagged); null = the task's budget (arith 16, math 2,048 as the paper).", gt=0)
     batch_size: int = F(256, doc="Sequences generated per generate() call.", gt=0)
 
 
@@ -289,7 +289,7 @@ class EvalConfig:
     samples: int = F(4, doc="k samples per problem (pass@1 benchmarks; the others take one response per prompt).", ge=1)
     temperature: float = F(0.6, doc="Sampling temperature (0 = greedy; paper: 0.6).", ge=0)
     top_p: float = F(0.95, doc="Nucleus sampling (paper: 0.95).", gt=0, le=1)
-    max_new_tokens: int = F(16, doc="Generation length cap.", gt=0)
+    max_new_tokens: Optional[int] = F(None, doc="Generation length cap; null = the task's budget (arith 16, math 2,048).", gt=0)
     batch_size: int = F(256, doc="Sequences per generate() call.", gt=0)
     limit: Optional[int] = F(None, doc="Evaluate at most this many problems per benchmark.", gt=0)
     data: dict[str, str] = F(doc="Local files per benchmark name (same schema as the hub dataset).", factory=dict)
