@@ -86,6 +86,18 @@ class VocabHead:
         return project(self.hidden[sl], self.weight, self.bias)
 
 
+def fold_logit_grad(g: Tensor, h: Tensor, weight: Tensor, sl: slice, grad_h: Tensor | None, grad_w: Tensor | None,
+                    grad_b: Tensor | None) -> None:
+    """Fold a chunk's logit gradient ``g = ∂L/∂z`` ``[c, V]`` (weight dtype) into the gradients of the
+    hidden rows ``sl`` (``g W``), the weight (``gᵀ h``) and the bias (``Σ_t g``) — those that are wanted."""
+    if grad_h is not None:
+        grad_h[sl] = (g @ weight).to(grad_h.dtype)
+    if grad_w is not None:
+        grad_w.addmm_(g.t(), h)
+    if grad_b is not None:
+        grad_b += g.sum(0).to(grad_b.dtype)
+
+
 def token_chunks(n: int, chunk_size: int) -> Iterator[slice]:
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -202,12 +214,7 @@ class _ChunkLoop:
                     continue
                 g = grad.mul_(w.unsqueeze(-1)).to(weight.dtype)  # dL/dz for L = Σ w_t ℓ_t
                 del grad
-                if need_h:
-                    grad_h[sl] = (g @ weight).to(hidden.dtype)
-                if need_w:
-                    grad_w.addmm_(g.t(), h)
-                if need_b:
-                    grad_b += g.sum(0).to(bias.dtype)
+                fold_logit_grad(g, h, weight, sl, grad_h, grad_w, grad_b)
                 del g
         return total, (grad_h, grad_w, grad_b)
 
@@ -331,12 +338,7 @@ class _SelectiveLogprobs(torch.autograd.Function):
                 g = project(h, weight, bias).sub_(lse[sl].unsqueeze(-1)).exp_()  # softmax
                 g.mul_(-go).scatter_add_(-1, ids[sl].unsqueeze(-1), go)  # go·(onehot − softmax)
                 g = g.to(weight.dtype)
-                if need_h:
-                    grad_h[sl] = (g @ weight).to(hidden.dtype)
-                if need_w:
-                    grad_w.addmm_(g.t(), h)
-                if need_b:
-                    grad_b += g.sum(0).to(bias.dtype)
+                fold_logit_grad(g, h, weight, sl, grad_h, grad_w, grad_b)
         return grad_h, grad_w, grad_b, None, None
 
 

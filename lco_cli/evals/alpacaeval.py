@@ -33,7 +33,7 @@ from pathlib import Path
 
 from lco_cli.errors import ConfigError, MissingArtifactError
 from lco_cli.evals.benchmarks import Benchmark, load_rows, register
-from lco_cli.evals.job import EvalJob, Prompted, generate_responses, write_samples
+from lco_cli.evals.job import EvalJob, Prompted, data_errors, generate_responses, write_samples
 from lco_cli.evals.judge import CACHE_FILE, JudgeClient, JudgeError, JudgmentCache, judge_all, read_api_key
 
 HUB_ID = "tatsu-lab/alpaca_eval"
@@ -169,10 +169,8 @@ class AlpacaEvalBenchmark(Benchmark):
 
     def evaluate(self, job: EvalJob) -> list[dict]:
         cfg = job.settings.judge
-        try:
+        with data_errors(self.name):
             items = self.load(job.data_path, job.settings.limit)
-        except (FileNotFoundError, ValueError) as exc:
-            raise MissingArtifactError(f"eval.data.alpacaeval: {exc}") from None
         outputs = generate_responses(job, self.name, items)
         annot = annotator_config()
         client = JudgeClient(cfg.base_url, cfg.model, read_api_key(cfg.api_key_env), cfg.timeout, cfg.max_retries, cfg.backoff)

@@ -7,11 +7,13 @@ generating again.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lco_cli.errors import MissingArtifactError
 from lco_cli.runtime.rundir import atomic_write_text
 
 
@@ -43,6 +45,15 @@ class Prompted:
     id: str
     prompt: str            # the instruction / question as the benchmark states it
     fields: dict           # everything else the scorer needs (reference output, question, ...)
+
+
+@contextlib.contextmanager
+def data_errors(benchmark: str):
+    """A benchmark's data file that is missing or unreadable ends with exit 3 naming `eval.data.<benchmark>`."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError) as exc:
+        raise MissingArtifactError(f"eval.data.{benchmark}: {exc}") from None
 
 
 def chat_prompt(text: str, tokenizer: Any) -> str:

@@ -21,9 +21,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from lco_cli.errors import ConfigError, MissingArtifactError
+from lco_cli.errors import ConfigError
 from lco_cli.evals.benchmarks import Benchmark, load_rows, register
-from lco_cli.evals.job import EvalJob, mean_and_stderr, write_samples
+from lco_cli.evals.job import EvalJob, data_errors, mean_and_stderr, write_samples
 
 TEMPLATES = {"mmlu": ("mmlu/default/_default_template_yaml", "cais/mmlu", "acc"),
              "mmlu_redux": ("mmlu-redux/generative/_default_template_yaml", "fxmarty/mmlu-redux-2.0-ok", "exact_match")}
@@ -46,10 +46,8 @@ def template(name: str) -> tuple[dict, str]:
 
 
 def local_rows(path: str, name: str, limit: int | None) -> list[dict]:
-    try:
+    with data_errors(name):
         rows = [dict(r) for r in load_rows(path)]
-    except (FileNotFoundError, ValueError) as exc:
-        raise MissingArtifactError(f"eval.data.{name}: {exc}") from None
     for i, row in enumerate(rows):
         missing = [f for f in FIELDS if f not in row]
         if missing or len(row["choices"]) != 4:

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import re
 
-from lco_cli.errors import ConfigError, MissingArtifactError
+from lco_cli.errors import ConfigError
 from lco_cli.evals.benchmarks import Benchmark, load_rows, register
-from lco_cli.evals.job import EvalJob, Prompted, generate_responses, mean_and_stderr, write_samples
+from lco_cli.evals.job import EvalJob, Prompted, data_errors, generate_responses, mean_and_stderr, write_samples
 from lco_cli.evals.reward_models import load_classifier, score_texts
 
 MIN_SUBSENT_WORDS = 5
@@ -146,10 +146,8 @@ class QAFeedbackBenchmark(Benchmark):
 
     def evaluate(self, job: EvalJob) -> list[dict]:
         cfg = job.settings.qa_feedback
-        try:
+        with data_errors(self.name):
             items = self.load(job.data_path, job.settings.limit)
-        except (FileNotFoundError, ValueError) as exc:
-            raise MissingArtifactError(f"eval.data.qa_feedback: {exc}") from None
         outputs = generate_responses(job, self.name, items)
         subs = [sub_sentences(o) for o in outputs]
         sents = [sentence_spans(o) for o in outputs]

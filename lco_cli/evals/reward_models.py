@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from lco_cli.errors import ConfigError, MissingArtifactError
 from lco_cli.evals.benchmarks import Benchmark, load_rows, register
-from lco_cli.evals.job import EvalJob, Prompted, generate_responses, mean_and_stderr, write_samples
+from lco_cli.evals.job import EvalJob, Prompted, data_errors, generate_responses, mean_and_stderr, write_samples
 
 PROMPT_FIELDS = ("prompt", "instruction")
 
@@ -21,10 +21,8 @@ PROMPT_FIELDS = ("prompt", "instruction")
 def load_prompts(path: str | None, limit: int | None, benchmark: str) -> list[Prompted]:
     if path is None:
         raise ConfigError(f"eval.data.{benchmark}: required (a file of prompts with a 'prompt' or 'instruction' field)")
-    try:
+    with data_errors(benchmark):
         rows = list(load_rows(path))
-    except (FileNotFoundError, ValueError) as exc:
-        raise MissingArtifactError(f"eval.data.{benchmark}: {exc}") from None
     items = []
     for i, row in enumerate(rows[:limit] if limit else rows):
         text = next((row[f] for f in PROMPT_FIELDS if isinstance(row.get(f), str)), None)
