@@ -196,7 +196,7 @@ def step(update, batch, cfg, opt, acc) -> None:
 
 
 def run_method(method, setup, policy_lm, reference, reward, tok, init_dir, model_cfg, base_batch, counter, acc) -> Row:
-    from lco_cli.rl.registry import get_algo
+    from lco_cli.rl.registry import update_class
     from lco_cli.rl.update import HiddenStatesLM, TrainEnv
     from lco_cli.runtime.training import make_optimizer
 
@@ -204,7 +204,7 @@ def run_method(method, setup, policy_lm, reference, reward, tok, init_dir, model
     policy = HiddenStatesLM(policy_lm)
     opt = make_optimizer(policy, cfg.lr, cfg.weight_decay)
     env = TrainEnv(cfg, policy, reference, reward, acc, cfg.loss_chunk_size, init_from=str(init_dir), model_cfg=model_cfg)
-    update = get_algo(cfg.algo)(cfg, env)
+    update = update_class(cfg.algo)(cfg, env)
     if hasattr(update, "value"):  # PPO's value model: its decoder passes count too (head: H → 1)
         value_lm = acc.unwrap_model(update.value).body.lm
         counter.watch("value", value_lm, head_params=value_lm.config.hidden_size)

@@ -27,7 +27,7 @@ def presets_markdown() -> str:
 _ALGO_ARGS = """## `train.algo_args`
 
 Knobs of the chosen baseline (`train.algo` other than `lco`), validated against that algorithm's own
-`Config` dataclass of its loss class in `lco_cli/losses/`; defaults follow the original papers and TRL.
+`Config` dataclass in `lco_cli/losses/configs.py`; defaults follow the original papers and TRL.
 """
 
 
@@ -37,10 +37,10 @@ def _algo_table() -> str:
     from lco_cli.rl.registry import algorithms
 
     out = []
-    for name, update in algorithms().items():
-        if update.loss_cls is None:
+    for name, spec in algorithms().items():
+        cfg = spec.algo_args_class()
+        if cfg is None:
             continue
-        cfg = update.loss_cls.Config
         fields = ", ".join(f"`{f.name}`={f.default!r}" for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING)
         out.append(f"- `{name}`: {fields}")
     return "\n".join(out)

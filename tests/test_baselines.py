@@ -19,7 +19,7 @@ from lco_cli.losses.estimators import (dynamic_sampling_keep, gae, group_normali
                                        reinforce_baseline)
 from lco_cli.losses.policy_gradient import DAPO, GRPO, GSPO, PPO, Reinforce, clipped_surrogate, k3_kl
 from lco_cli.losses.reductions import masked_mean, whiten
-from lco_cli.rl.registry import algorithms
+from lco_cli.rl.registry import algorithms, update_class
 from lco_cli.errors import ConfigError
 
 D = torch.float64
@@ -507,7 +507,8 @@ def test_minillm_loss_hand_computed():
 
 
 def test_registry_and_configs():
-    baselines = {name: update for name, update in algorithms().items() if update.loss_cls is not None}
+    updates = {name: update_class(name) for name in algorithms()}
+    baselines = {name: update for name, update in updates.items() if update.loss_cls is not None}
     assert set(baselines) == {"reinforce", "ppo", "grpo", "dapo", "gspo", "gkd", "minillm"}
     for name, update in baselines.items():
         cls = update.loss_cls

@@ -65,3 +65,21 @@ def test_a_toy_algorithm_from_a_test_file_trains_one_step(runner, run_dir, toy):
 def test_unknown_algo_lists_the_registry(runner, fast_preset):
     res = invoke(runner, "validate", str(fast_preset), "train.algo=sac")
     assert res.exit_code == 2 and "train.algo: 'sac' is not one of lco, reinforce" in res.output
+
+
+def test_builtin_specs_are_torch_free_and_their_updates_subclass_them():
+    """`lco validate` reads the specs (rl.specs) without torch; training runs their Updates. The Update must
+    be the spec's subclass with the same `algo_args` dataclass, so what validate checks is what trains."""
+    import subprocess
+    import sys
+
+    probe = "import sys; from lco_cli.rl.registry import algorithms; algorithms(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    from lco_cli.rl.registry import update_class
+
+    for name, spec in algorithms().items():
+        update = update_class(name)
+        assert issubclass(update, spec) and issubclass(update, Update) and update.name == name
+        loss_cls = getattr(update, "loss_cls", None)
+        assert spec.algo_args_class() is (loss_cls.Config if loss_cls is not None else None), name
+    assert update_class("lco").dense_advantages and not update_class("grpo").dense_advantages

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor
 
-from lco_cli.errors import ConfigError
+from lco_cli.losses.configs import LossConfig
 from lco_cli.losses.reductions import masked_mean, masked_var
 
 
@@ -54,41 +53,6 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     if var_r == 0:
         return float("nan")
     return scalar(1.0 - masked_var(returns - values, mask, unbiased=False) / var_r)
-
-
-# =========================================================================== config base
-
-
-class Checks:
-    """Collects every config problem so one :class:`ConfigError` lists them all."""
-
-    def __init__(self, owner: str):
-        self.owner, self.problems = owner, []
-
-    def require(self, ok: bool, message: str) -> None:
-        if not ok:
-            self.problems.append(f"{self.owner}.{message}")
-
-    def raise_if_any(self) -> None:
-        if self.problems:
-            raise ConfigError(f"invalid {self.owner} config: {'; '.join(self.problems)}", self.problems)
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Base: frozen, validated in ``__post_init__`` (raises :class:`ConfigError`)."""
-
-    def __post_init__(self) -> None:
-        checks = Checks(type(self).__qualname__.split(".")[0])
-        self._check(checks)
-        checks.raise_if_any()
-
-    def _check(self, c: Checks) -> None:  # overridden per algorithm
-        pass
-
-
-def check_group(c: Checks, group_size: int, minimum: int) -> None:
-    c.require(isinstance(group_size, int) and group_size >= minimum, f"group_size must be an int >= {minimum}")
 
 
 class BaselineLoss:

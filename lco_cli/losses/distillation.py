@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lco_cli.losses.base import BaselineLoss, Checks, LossConfig, ratio_diagnostics, scalar
+from lco_cli.losses.base import BaselineLoss, ratio_diagnostics, scalar
+from lco_cli.losses.configs import GKDConfig, MiniLLMConfig
 from lco_cli.losses.policy_gradient import clipped_surrogate
 from lco_cli.losses.reductions import as_float_mask, masked_mean, token_advantages, whiten
 
@@ -135,16 +135,7 @@ class GKD(BaselineLoss):
     """
 
 
-    @dataclass(frozen=True)
-    class Config(LossConfig):
-        beta: float = 0.5  #: JSD interpolation (GKD; TRL)
-        lmbda: float = 0.5  #: fraction of on-policy (student-generated) batches (TRL)
-        temperature: float = 1.0  #: softmax temperature inside the divergence (TRL's loss default)
-
-        def _check(self, c: Checks) -> None:
-            c.require(0 <= self.beta <= 1, "beta must be in [0, 1]")
-            c.require(0 <= self.lmbda <= 1, "lmbda must be in [0, 1]")
-            c.require(self.temperature > 0, "temperature must be > 0")
+    Config = GKDConfig  # train.algo_args (lco_cli.losses.configs: torch-free, read by `lco validate`)
 
     def token_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         """``[c, V] → [c]`` generalised JSD with this config's β and temperature."""
@@ -171,19 +162,7 @@ class MiniLLM(BaselineLoss):
     """
 
 
-    @dataclass(frozen=True)
-    class Config(LossConfig):
-        teacher_mix_alpha: float = 0.2  #: α of p̃ = αp + (1−α)q_θ (MiniLLM §2.2)
-        clip: float = 0.2  #: ε for the weighted ratio (MiniLLM §2.2 / LMOps)
-        length_norm: bool = True  #: length normalisation of R_{t+1} (§2.2)
-        single_step_reg: bool = True  #: add the single-step reverse-KL term
-        whiten_advantages: bool = True  #: LMOps whitens the long-term rewards
-        temperature: float = 1.0  #: softmax temperature of the single-step term
-
-        def _check(self, c: Checks) -> None:
-            c.require(0 <= self.teacher_mix_alpha < 1, "teacher_mix_alpha must be in [0, 1)")
-            c.require(0 < self.clip < 1, "clip must be in (0, 1)")
-            c.require(self.temperature > 0, "temperature must be > 0")
+    Config = MiniLLMConfig  # train.algo_args (lco_cli.losses.configs: torch-free, read by `lco validate`)
 
     def token_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         """``[c, V] → [c]`` exact per-step reverse KL (single-step part)."""

@@ -18,13 +18,13 @@ on ``[c, V]`` logit chunks so a chunked full-vocabulary engine can evaluate them
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from lco_cli.losses.base import BaselineLoss, Checks, LossConfig, check_group, explained_variance, ratio_diagnostics, scalar
+from lco_cli.losses.base import BaselineLoss, explained_variance, ratio_diagnostics, scalar
+from lco_cli.losses.configs import DAPOConfig, GRPOConfig, GSPOConfig, PPOConfig, ReinforceConfig
 from lco_cli.losses.estimators import (
     dynamic_sampling_keep,
     gae,
@@ -71,15 +71,7 @@ class Reinforce(BaselineLoss):
     """
 
 
-    @dataclass(frozen=True)
-    class Config(LossConfig):
-        #: responses per prompt: 1 → batch-mean baseline; >1 → RLOO leave-one-out baseline
-        group_size: int = 1
-        #: subtract the baseline (Williams 1992's b); False → raw rewards
-        use_baseline: bool = True
-
-        def _check(self, c: Checks) -> None:
-            check_group(c, self.group_size, 1)
+    Config = ReinforceConfig  # train.algo_args (lco_cli.losses.configs: torch-free, read by `lco validate`)
 
     def advantages(self, rewards: Tensor) -> Tensor:
         """Sequence advantages ``[B]`` from scalar rewards ``[B]``."""
@@ -121,25 +113,7 @@ class PPO(BaselineLoss):
     """
 
 
-    @dataclass(frozen=True)
-    class Config(LossConfig):
-        cliprange: float = 0.2  #: ε (Schulman 2017; TRL)
-        cliprange_value: float = 0.2  #: value clipping (TRL)
-        vf_coef: float = 0.1  #: value-loss weight (TRL)
-        gamma: float = 1.0  #: discount (TRL)
-        lam: float = 0.95  #: GAE λ (TRL)
-        kl_coef: float = 0.05  #: per-token KL reward penalty (TRL)
-        whiten_advantages: bool = True  #: TRL whitens GAE advantages
-        value_lr: Optional[float] = None  #: value model's own learning rate; None → train.lr (TRL: one lr)
-
-        def _check(self, c: Checks) -> None:
-            c.require(self.value_lr is None or self.value_lr > 0, "value_lr must be > 0")
-            c.require(0 < self.cliprange < 1, "cliprange must be in (0, 1)")
-            c.require(self.cliprange_value > 0, "cliprange_value must be > 0")
-            c.require(self.vf_coef >= 0, "vf_coef must be >= 0")
-            c.require(0 <= self.gamma <= 1, "gamma must be in [0, 1]")
-            c.require(0 <= self.lam <= 1, "lam must be in [0, 1]")
-            c.require(self.kl_coef >= 0, "kl_coef must be >= 0")
+    Config = PPOConfig  # train.algo_args (lco_cli.losses.configs: torch-free, read by `lco validate`)
 
     def shaped_rewards(self, token_rewards: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
         """Token rewards minus ``kl_coef·(log π_old − log π_ref)``."""
@@ -191,9 +165,6 @@ class PPO(BaselineLoss):
 # =========================================================================== GRPO
 
 
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
-
-
 def _aggregate(per_token: Tensor, mask: Tensor, loss_type: str, max_completion_length: Optional[int]) -> Tensor:
     """TRL's GRPO aggregations.
 
@@ -230,28 +201,7 @@ class GRPO(_GroupAdvantages, BaselineLoss):
     """
 
 
-    @dataclass(frozen=True)
-    class Config(LossConfig):
-        epsilon: float = 0.2  #: ε (GRPO; TRL)
-        epsilon_high: Optional[float] = None  #: upper bound; None → epsilon (symmetric)
-        beta: float = 0.04  #: β_KL (GRPO paper; TRL's old default)
-        loss_type: str = "grpo"  #: grpo | bnpo | dr_grpo (TRL)
-        group_size: int = 4  #: responses per prompt (LCO paper §5 setup)
-        scale_rewards: bool = True  #: divide by group std (False = Dr. GRPO)
-        adv_eps: float = 1e-4  #: std epsilon (TRL)
-        max_completion_length: Optional[int] = None  #: dr_grpo normaliser; None → T
-
-        def _check(self, c: Checks) -> None:
-            c.require(0 < self.epsilon < 1, "epsilon must be in (0, 1)")
-            c.require(self.epsilon_high is None or self.epsilon_high > 0, "epsilon_high must be > 0")
-            c.require(self.beta >= 0, "beta must be >= 0")
-            c.require(self.loss_type in GRPO_LOSS_TYPES, f"loss_type must be one of {GRPO_LOSS_TYPES}")
-            check_group(c, self.group_size, 2)
-            c.require(self.adv_eps >= 0, "adv_eps must be >= 0")
-            c.require(
-                self.max_completion_length is None or self.max_completion_length > 0,
-                "max_completion_length must be > 0",
-            )
+    Config = GRPOConfig  # train.algo_args (lco_cli.losses.configs: torch-free, read by `lco validate`)
 
     def loss(self, *, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
              ref_logprobs: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:
@@ -285,29 +235,7 @@ class DAPO(_GroupAdvantages, BaselineLoss):
     """
 
 
-    @dataclass(frozen=True)
-    class Config(LossConfig):
-        eps_low: float = 0.2  #: DAPO §3.1
-        eps_high: float = 0.28  #: DAPO §3.1 (clip-higher)
-        group_size: int = 4  #: responses per prompt (LCO paper §5 setup; DAPO used 16)
-        adv_eps: float = 1e-4  #: std epsilon (TRL)
-        dynamic_sampling: bool = True  #: drop groups with all-equal rewards (§3.2)
-        overlong_shaping: bool = True  #: soft overlong punishment (§3.4)
-        max_response_length: int = 20480  #: L_max (DAPO §4.1)
-        overlong_cache: int = 4096  #: L_cache (DAPO §4.1)
-        max_gen_batches: int = 3  #: rollout rounds per step for dynamic sampling, the first included (verl's recipe: 10)
-
-        def _check(self, c: Checks) -> None:
-            c.require(0 < self.eps_low < 1, "eps_low must be in (0, 1)")
-            c.require(self.eps_high > 0, "eps_high must be > 0")
-            check_group(c, self.group_size, 2)
-            c.require(self.adv_eps >= 0, "adv_eps must be >= 0")
-            c.require(self.max_response_length > 0, "max_response_length must be > 0")
-            c.require(isinstance(self.max_gen_batches, int) and self.max_gen_batches >= 1, "max_gen_batches must be an int >= 1")
-            c.require(
-                0 <= self.overlong_cache <= self.max_response_length,
-                "overlong_cache must be in [0, max_response_length]",
-            )
+    Config = DAPOConfig  # train.algo_args (lco_cli.losses.configs: torch-free, read by `lco validate`)
 
     def shape_rewards(self, rewards: Tensor, lengths: Tensor) -> Tensor:
         """Task rewards plus the soft overlong punishment (if enabled)."""
@@ -338,9 +266,6 @@ class DAPO(_GroupAdvantages, BaselineLoss):
 # =========================================================================== GSPO
 
 
-GSPO_VARIANTS = ("sequence", "token")
-
-
 class GSPO(_GroupAdvantages, BaselineLoss):
     """GSPO (Zheng et al. 2025, arXiv 2507.18071, §4.1): sequence-level, length-normalised importance ratio
 
@@ -352,20 +277,7 @@ class GSPO(_GroupAdvantages, BaselineLoss):
     """
 
 
-    @dataclass(frozen=True)
-    class Config(LossConfig):
-        eps_low: float = 3e-4  #: GSPO §5.1
-        eps_high: float = 4e-4  #: GSPO §5.1
-        variant: str = "sequence"  #: sequence (GSPO) | token (GSPO-token)
-        group_size: int = 4  #: responses per prompt (LCO paper §5 setup)
-        adv_eps: float = 1e-4  #: std epsilon (TRL)
-
-        def _check(self, c: Checks) -> None:
-            c.require(0 < self.eps_low < 1, "eps_low must be in (0, 1)")
-            c.require(self.eps_high > 0, "eps_high must be > 0")
-            c.require(self.variant in GSPO_VARIANTS, f"variant must be one of {GSPO_VARIANTS}")
-            check_group(c, self.group_size, 2)
-            c.require(self.adv_eps >= 0, "adv_eps must be >= 0")
+    Config = GSPOConfig  # train.algo_args (lco_cli.losses.configs: torch-free, read by `lco validate`)
 
     def loss(self, *, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
              ref_logprobs: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:

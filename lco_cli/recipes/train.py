@@ -21,7 +21,7 @@ from lco_cli.engines import sharding
 from lco_cli.engines.generation import make_engine
 from lco_cli.errors import StageFailedError
 from lco_cli.rl.advantage_sources import load_advantage_sources
-from lco_cli.rl.registry import get_algo
+from lco_cli.rl.registry import get_algo, update_class
 from lco_cli.rl.rollout import RolloutBatch
 from lco_cli.rl.sampling import Sampler
 from lco_cli.rl.update import HiddenStatesLM, MicroBatch, Normaliser, TrainEnv
@@ -58,7 +58,7 @@ def run_train(ctx: Context) -> dict:
         policy, opt, sched = acc.prepare(policy, opt, sched)
         env = TrainEnv(cfg, policy, reference, adv_source, acc, cfg.loss_chunk_size, init_from=init, model_cfg=p.model,
                        vocab=usable_vocab(tok))
-        update = get_algo(cfg.algo)(cfg, env)
+        update = update_class(cfg.algo)(cfg, env)
         state = load_checkpoint(sd, acc) or {"step": 0}
         start, skipped_total = state["step"], state.get("skipped_steps", 0)
         rollout_log = MetricsLog(sd.path / "rollouts.jsonl")

@@ -16,7 +16,7 @@ from lco_cli.errors import ConfigError
 from lco_cli.losses.distillation import GKD, MiniLLM
 from lco_cli.rl.advantage_sources import teacher_logprobs
 from lco_cli.rl.policy_gradient import padded, response_mask
-from lco_cli.rl.registry import register_algo
+from lco_cli.rl.specs import GKDSpec, MiniLLMSpec
 from lco_cli.rl.update import MicroBatch, Normaliser, Prepared, Update, global_mean, part_mask, per_token, policy_head
 
 
@@ -31,10 +31,6 @@ class TeacherUpdate(Update):
 
     keeps_old_head = False
     diagnostic_prefixes = Update.diagnostic_prefixes + ("distill", "single_step", "pg_", "adv")
-
-    @classmethod
-    def needs_reward_model(cls, cfg) -> bool:
-        return True  # φ_DPO is the teacher
 
     def __init__(self, cfg, env):
         super().__init__(cfg, env)
@@ -58,8 +54,7 @@ class TeacherUpdate(Update):
         return loss, st, mean
 
 
-@register_algo("gkd")
-class GKDUpdate(TeacherUpdate):
+class GKDUpdate(GKDSpec, TeacherUpdate):
     """GKD: generalised JSD (β = 0.5) between π_θ and φ_DPO over the full vocabulary, token mean.
 
     `collect`: with probability λ (`lmbda`, per step, seeded) the batch is on-policy samples, else
@@ -89,8 +84,7 @@ class GKDUpdate(TeacherUpdate):
         return loss, {**st, "distill_jsd": mean}
 
 
-@register_algo("minillm")
-class MiniLLMUpdate(TeacherUpdate):
+class MiniLLMUpdate(MiniLLMSpec, TeacherUpdate):
     """MiniLLM: reverse KL to φ_DPO by policy gradient (Gu et al. 2023 §2.2).
 
     * single-step term: exact per-token KL(π_θ‖φ_DPO) over the full vocabulary, chunked;
@@ -102,13 +96,6 @@ class MiniLLMUpdate(TeacherUpdate):
     """
 
     loss_cls = MiniLLM
-
-    @classmethod
-    def check(cls, cfg) -> list[str]:
-        errors = super().check(cfg)
-        if cfg.rollout.engine != "hf":
-            errors.append("train.rollout.engine: minillm's teacher-mixed sampling needs 'hf'")
-        return errors
 
     def __init__(self, cfg, env):
         super().__init__(cfg, env)

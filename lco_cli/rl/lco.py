@@ -11,7 +11,7 @@ import torch
 
 from lco_cli.engines.chunked import VocabHead, compute_dtype
 from lco_cli.losses.lco_chunked import authors_support_advantage, dense_advantage_chunk, lco_chunked_loss
-from lco_cli.rl.registry import register_algo
+from lco_cli.rl.specs import LCOSpec
 from lco_cli.rl.update import (
     MicroBatch,
     Normaliser,
@@ -53,8 +53,7 @@ def sequence_advantages(rewards: torch.Tensor, group: torch.Tensor, norm: str, a
     return adv
 
 
-@register_algo("lco")
-class LCOUpdate(Update):
+class LCOUpdate(LCOSpec, Update):
     """LCO (arXiv 2603.00963): logits-level convex fit to the KL-regularised optimum.
 
     Advantages (§4.2): `dpo` log φ_DPO(·|s) − log φ_ref(·|s) (eq. 13), `logprob` log φ(·|s)
@@ -62,30 +61,6 @@ class LCOUpdate(Update):
     centred per token over the vocabulary (§4.4) unless `train.advantage_center: false`. The loss
     is the mean over all response tokens of the minibatch.
     """
-
-    dense_advantages = True
-    #: One pass over each rollout batch in 4 minibatch steps with z_old frozen at the batch's start: the
-    #: authors' `policy_train_lco*.py` train `inner_epochs=1` pass over each rollout buffer in minibatches
-    #: (`max_batch_size`) with the buffer's old logits; their count depends on buffer/GPU/accumulation
-    #: sizes no script fixes, so 4 is our choice (docs/compare.md "Defaults").
-    default_minibatches = 4
-
-    @classmethod
-    def needs_reward_model(cls, cfg) -> bool:
-        return cfg.reward == "rm" or (cfg.advantage in ("dpo", "logprob") and not (cfg.advantage == "logprob" and cfg.advantage_model))
-
-    @classmethod
-    def check(cls, cfg) -> list[str]:
-        errors = super().check(cfg)
-        cfg = cls.resolve(cfg)
-        if cfg.advantage == "sparse" and cfg.advantage_norm == "group" and cfg.samples_per_prompt < 2:
-            errors.append("train.advantage_norm: 'group' needs train.samples_per_prompt >= 2")
-        if (cfg.advantage_support != "vocab") != (cfg.advantage_topk is not None):
-            errors.append("train.advantage_topk: set it exactly when train.advantage_support is 'policy_topk' or 'authors' "
-                          f"(got advantage_support={cfg.advantage_support!r}, advantage_topk={cfg.advantage_topk})")
-        if cfg.advantage_support == "authors" and cfg.advantage == "sparse":
-            errors.append("train.advantage_support: 'authors' is a support of dense advantages (advantage dpo or logprob)")
-        return errors
 
     @torch.no_grad()
     def prepare(self, batch):

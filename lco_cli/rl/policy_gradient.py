@@ -27,12 +27,9 @@ import torch
 from lco_cli.engines.chunked import chunked_selective_logprobs
 from lco_cli.losses.estimators import dynamic_sampling_keep
 from lco_cli.losses.policy_gradient import DAPO, GRPO, GSPO, Reinforce
-from lco_cli.rl.registry import register_algo
 from lco_cli.rl.sampling import Scored
+from lco_cli.rl.specs import DAPOSpec, GRPOSpec, GSPOSpec, ReinforceSpec
 from lco_cli.rl.update import MicroBatch, Normaliser, Prepared, Update, global_mean, global_sum, part_mask, policy_head
-
-#: DAPO's overlong cache is 4096 of 20480 tokens (§4.1); the same fraction of our max length.
-OVERLONG_CACHE_FRACTION = 0.2
 
 
 def response_mask(lens: torch.Tensor) -> torch.Tensor:
@@ -135,8 +132,7 @@ class PolicyGradientUpdate(Update):
         return {self.renames.get(k, k): v for k, v in diag.items() if k not in self.dropped}
 
 
-@register_algo("reinforce")
-class ReinforceUpdate(PolicyGradientUpdate):
+class ReinforceUpdate(ReinforceSpec, PolicyGradientUpdate):
     """REINFORCE: −(1/B) Σ_i A_i Σ_t log π(a_t), A = r − batch mean (1 sample per prompt) or the
     leave-one-out baseline (RLOO, >1 samples per prompt)."""
 
@@ -154,38 +150,28 @@ class ReinforceUpdate(PolicyGradientUpdate):
 class GroupUpdate(PolicyGradientUpdate):
     """GRPO / GSPO: group-normalised sequence rewards (r − mean_g) / (std_g + ε)."""
 
-    min_samples_per_prompt = 2
-    default_samples_per_prompt = 4  # paper §5: four responses per instruction for GRPO, DAPO, GSPO
-
     def sequence_advantages(self, batch, stats):
         return by_group(self.algo.advantages, batch.rewards.float(), batch.group)
 
 
-@register_algo("grpo")
-class GRPOUpdate(GroupUpdate):
+class GRPOUpdate(GRPOSpec, GroupUpdate):
     """GRPO: clipped token ratio (ε = 0.2), k3 KL to the reference in the loss (β_KL = 0.04)."""
 
     loss_cls = GRPO
-
-    @classmethod
-    def default_args(cls, cfg):
-        return {"max_completion_length": cfg.rollout.max_new_tokens}  # dr_grpo's normaliser
 
     def __init__(self, cfg, env):
         super().__init__(cfg, env)
         self.aggregation = "seq" if self.algo.config.loss_type in ("grpo", "dr_grpo") else "token"
 
 
-@register_algo("gspo")
-class GSPOUpdate(GroupUpdate):
+class GSPOUpdate(GSPOSpec, GroupUpdate):
     """GSPO: sequence-level length-normalised ratio, clipped to [1 − 3e-4, 1 + 4e-4]."""
 
     loss_cls = GSPO
     aggregation = "seq"
 
 
-@register_algo("dapo")
-class DAPOUpdate(PolicyGradientUpdate):
+class DAPOUpdate(DAPOSpec, PolicyGradientUpdate):
     """DAPO: clip-higher (0.2 / 0.28), token-level aggregation, no KL, soft overlong punishment
     (L_max = `train.rollout.max_new_tokens`), and dynamic sampling.
 
@@ -199,17 +185,6 @@ class DAPOUpdate(PolicyGradientUpdate):
 
     loss_cls = DAPO
     aggregation = "token"
-    min_samples_per_prompt = 2
-    default_samples_per_prompt = 4  # paper §5
-
-    @classmethod
-    def owned_args(cls, cfg):
-        return {**super().owned_args(cfg), "max_response_length": (cfg.rollout.max_new_tokens, "train.rollout.max_new_tokens")}
-
-    @classmethod
-    def default_args(cls, cfg):
-        return {"overlong_cache": max(1, round(OVERLONG_CACHE_FRACTION * cfg.rollout.max_new_tokens))}
-
     def collect(self, sampler, step, examples):
         c, G = self.algo.config, self.cfg.samples_per_prompt
         first = sampler.generate(examples, G)

@@ -11,7 +11,7 @@ from lco_cli.losses.base import explained_variance
 from lco_cli.losses.policy_gradient import PPO
 from lco_cli.rl.advantage_sources import teacher_logprobs
 from lco_cli.rl.policy_gradient import PolicyGradientUpdate, padded, response_mask
-from lco_cli.rl.registry import register_algo
+from lco_cli.rl.specs import PPOSpec
 from lco_cli.rl.update import HiddenStatesLM, Prepared, flat, global_mean, per_token, row_chunks
 
 
@@ -41,8 +41,7 @@ class PPOPrepared(Prepared):
     returns: torch.Tensor = per_token()     # GAE returns R_t
 
 
-@register_algo("ppo")
-class PPOUpdate(PolicyGradientUpdate):
+class PPOUpdate(PPOSpec, PolicyGradientUpdate):
     """PPO with a value model, GAE and dense token rewards (Zhong et al. 2024, "DPO meets PPO").
 
     Token reward r_t = log φ_DPO(a_t|s_t) − log φ_ref(a_t|s_t) (the DPO RM's per-token log-ratio,
@@ -57,11 +56,6 @@ class PPOUpdate(PolicyGradientUpdate):
     loss_cls = PPO
     aggregation = "token"
     prepared_cls = PPOPrepared
-    default_update_epochs = 4  # TRL 1.16 PPOConfig.num_ppo_epochs = 4 (num_mini_batches = 1)
-
-    @classmethod
-    def needs_reward_model(cls, cfg) -> bool:
-        return True  # the dense token rewards
 
     def __init__(self, cfg, env):
         super().__init__(cfg, env)

@@ -10,7 +10,7 @@ Per rollout batch the train loop calls
   scaled by the explicit `Normaliser` so that the sum over micro-batches and processes is the batch
   objective (DDP averages over processes, so each process scales by the world size).
 
-Concrete algorithms register with `lco_cli.rl.registry.register_algo`.
+Concrete algorithms subclass their spec (`rl.specs`, torch-free) and are found through `lco_cli.rl.registry`.
 """
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from lco_cli.config.typed import build
 from lco_cli.engines.chunked import VocabHead, chunked_entropy_and_logprobs
 from lco_cli.engines.sharding import full_weight
-from lco_cli.errors import ConfigError
+from lco_cli.rl.spec import AlgoSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from lco_cli.config import TrainConfig
@@ -201,8 +200,9 @@ def part_mask(adv: torch.Tensor, part: str) -> torch.Tensor:
 # --------------------------------------------------------------------------- the protocol
 
 
-class Update:
-    """Base of every `train.algo`: behaviour/reference log-probs, telemetry, and the loop hooks.
+class Update(AlgoSpec):
+    """Base of every `train.algo`: behaviour/reference log-probs, telemetry, and the loop hooks. What the
+    algorithm needs and checks is its spec's (`rl.spec.AlgoSpec`, torch-free); built-ins subclass theirs.
 
     Hooks the loop calls (defaults do what LCO needs; baselines override them):
 
@@ -213,79 +213,14 @@ class Update:
     * `diagnostic(key)` — which micro-batch statistics go to metrics.jsonl.
     """
 
-    name: ClassVar[str] = ""  # set by register_algo
-    #: the pure loss class whose `Config` validates `train.algo_args` (None: no algo_args)
+    #: the pure loss class of the policy-gradient / distillation updates (its `Config` is the spec's `algo_args`)
     loss_cls: ClassVar[type | None] = None
-    #: takes `train.advantage` / `advantage_model` (dense token advantages over the vocabulary)
-    dense_advantages: ClassVar[bool] = False
-    #: group methods need several samples of each prompt
-    min_samples_per_prompt: ClassVar[int] = 1
-    #: what a null `train.samples_per_prompt` / `update_epochs` / `minibatches` means for this algorithm
-    default_samples_per_prompt: ClassVar[int] = 1
-    default_update_epochs: ClassVar[int] = 1
-    default_minibatches: ClassVar[int] = 1
     #: keep the behaviour policy's hidden states when a batch serves several optimizer steps
     #: (LCO's frozen z_old); policy-gradient methods only need the frozen log-probs.
     keeps_old_head: ClassVar[bool] = True
     #: micro-batch statistics (from `micro_loss`) that are logged, by key prefix
     diagnostic_prefixes: ClassVar[tuple[str, ...]] = ("logit_grad", "clip", "ratio", "value", "approx", "explained",
                                                       "kl_", "dropped")
-
-    # ---- what the algorithm needs (read by the train stage and by `lco validate`)
-
-    @classmethod
-    def needs_reward_model(cls, cfg: "TrainConfig") -> bool:
-        """Whether the rm stage's φ_DPO must be loaded (the RM reward, a teacher, dense advantages)."""
-        return cfg.reward == "rm"
-
-    @classmethod
-    def resolve(cls, cfg: "TrainConfig") -> "TrainConfig":
-        """`cfg` with every null per-algorithm key replaced by this class's `default_<key>` (the one place)."""
-        keys = ("samples_per_prompt", "update_epochs", "minibatches")
-        return dataclasses.replace(cfg, **{k: getattr(cls, f"default_{k}") for k in keys if getattr(cfg, k) is None})
-
-    @classmethod
-    def check(cls, cfg: "TrainConfig") -> list[str]:
-        """Every problem of `train` for this algorithm, as 'key: message' strings."""
-        cfg = cls.resolve(cfg)
-        errors = []
-        if cfg.samples_per_prompt < cls.min_samples_per_prompt:
-            errors.append(f"train.samples_per_prompt: {cls.name} needs >= {cls.min_samples_per_prompt} samples per prompt "
-                          "for group advantages")
-        if cls.loss_cls is None:
-            if cfg.algo_args:
-                errors.append(f"train.algo_args: {cls.name} takes no algo_args")
-            return errors
-        build(cls.loss_cls.Config, dict(cfg.algo_args or {}), "train.algo_args", errors)
-        owned = cls.owned_args(cfg)
-        errors += [f"train.algo_args.{k}: {cfg.algo_args[k]!r} conflicts with {src}={v} (leave it out: it follows {src})"
-                   for k, (v, src) in owned.items() if k in (cfg.algo_args or {}) and cfg.algo_args[k] != v]
-        return errors
-
-    @classmethod
-    def owned_args(cls, cfg: "TrainConfig") -> dict[str, tuple[object, str]]:
-        """Loss-config keys the loop sets from other preset keys: name -> (value, source key)."""
-        names = {f.name for f in dataclasses.fields(cls.loss_cls.Config)} if cls.loss_cls else set()
-        return {"group_size": (cfg.samples_per_prompt, "train.samples_per_prompt")} if "group_size" in names else {}
-
-    @classmethod
-    def default_args(cls, cfg: "TrainConfig") -> dict[str, object]:
-        """Loss-config defaults derived from the preset when `algo_args` leaves them out."""
-        return {}
-
-    @classmethod
-    def loss_config(cls, cfg: "TrainConfig"):
-        """`loss_cls.Config` from `train.algo_args` plus the loop-owned and derived keys; ConfigError (exit 2)
-        on a bad or contradicting value."""
-        cfg = cls.resolve(cfg)
-        errors = cls.check(cfg)
-        if errors:
-            raise ConfigError("invalid train.algo_args", errors)
-        args = dict(cfg.algo_args or {})
-        base = build(cls.loss_cls.Config, args, "train.algo_args", [])
-        values = {k: v for k, (v, _) in cls.owned_args(cfg).items()}
-        values.update({k: v for k, v in cls.default_args(cfg).items() if args.get(k) is None})
-        return dataclasses.replace(base, **values)
 
     # ---- the loop hooks
 

@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:  # pragma: no cover
     from lco_cli.config import ModelConfig
 
@@ -78,12 +76,13 @@ class ReferenceView:
     def __init__(self, policy, peft_model):
         self.policy, self.peft_model = policy, peft_model
 
-    @torch.no_grad()
     def __call__(self, input_ids, attention_mask):
+        import torch  # here, not at the top: `lco validate` reaches this module and must not import torch
+
         was_training = self.policy.training
         self.policy.eval()
         try:
-            with self.peft_model.disable_adapter():
+            with torch.no_grad(), self.peft_model.disable_adapter():
                 return self.policy(input_ids=input_ids, attention_mask=attention_mask)
         finally:
             self.policy.train(was_training)

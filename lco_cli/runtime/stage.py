@@ -46,7 +46,7 @@ def upstream_stages(preset: Preset, stage: str) -> list[str]:
         sampler = preset.rm.pairs.sampler
         refs = [preset.rm.init_from, *(sampler if isinstance(sampler, list) else [sampler])]
     elif stage == "train":
-        from lco_cli.rl.registry import get_algo  # the algorithm's own rule (imports torch)
+        from lco_cli.rl.registry import get_algo  # the algorithm's own rule
 
         t = preset.train
         refs = [t.init_from, t.advantage_model or "", "rm" if get_algo(t.algo).needs_reward_model(t) else ""]

@@ -1,0 +1,96 @@
+"""What a `train.algo` needs and checks, free of torch: the `AlgoSpec` base.
+
+The registry (`rl.registry`) holds one spec class per algorithm name. `lco validate`, the run planner
+and the docs read only specs, so they never import torch; the train stage asks the registry for the
+algorithm's `Update` (which subclasses its spec) and imports it then. `Update` itself derives from
+`AlgoSpec`, so an algorithm written outside lco is one `Update` subclass registered directly.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, ClassVar
+
+from lco_cli.config.typed import build
+from lco_cli.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lco_cli.config import TrainConfig
+
+
+class AlgoSpec:
+    """A `train.algo`'s declaration: its `algo_args` dataclass, what it needs, its defaults, its checks."""
+
+    name: ClassVar[str] = ""  # set by register_algo
+    #: the frozen dataclass that validates `train.algo_args` (None: the Update's `loss_cls.Config`, or no algo_args)
+    algo_args: ClassVar[type | None] = None
+    #: takes `train.advantage` / `advantage_model` (dense token advantages over the vocabulary)
+    dense_advantages: ClassVar[bool] = False
+    #: group methods need several samples of each prompt
+    min_samples_per_prompt: ClassVar[int] = 1
+    #: what a null `train.samples_per_prompt` / `update_epochs` / `minibatches` means for this algorithm
+    default_samples_per_prompt: ClassVar[int] = 1
+    default_update_epochs: ClassVar[int] = 1
+    default_minibatches: ClassVar[int] = 1
+
+    @classmethod
+    def algo_args_class(cls) -> type | None:
+        if cls.algo_args is not None:
+            return cls.algo_args
+        loss_cls = getattr(cls, "loss_cls", None)  # an Update registered directly names its loss class
+        return None if loss_cls is None else loss_cls.Config
+
+    @classmethod
+    def needs_reward_model(cls, cfg: "TrainConfig") -> bool:
+        """Whether the rm stage's φ_DPO must be loaded (the RM reward, a teacher, dense advantages)."""
+        return cfg.reward == "rm"
+
+    @classmethod
+    def resolve(cls, cfg: "TrainConfig") -> "TrainConfig":
+        """`cfg` with every null per-algorithm key replaced by this class's `default_<key>` (the one place)."""
+        keys = ("samples_per_prompt", "update_epochs", "minibatches")
+        return dataclasses.replace(cfg, **{k: getattr(cls, f"default_{k}") for k in keys if getattr(cfg, k) is None})
+
+    @classmethod
+    def check(cls, cfg: "TrainConfig") -> list[str]:
+        """Every problem of `train` for this algorithm, as 'key: message' strings."""
+        cfg = cls.resolve(cfg)
+        errors = []
+        if cfg.samples_per_prompt < cls.min_samples_per_prompt:
+            errors.append(f"train.samples_per_prompt: {cls.name} needs >= {cls.min_samples_per_prompt} samples per prompt "
+                          "for group advantages")
+        args_cls = cls.algo_args_class()
+        if args_cls is None:
+            if cfg.algo_args:
+                errors.append(f"train.algo_args: {cls.name} takes no algo_args")
+            return errors
+        build(args_cls, dict(cfg.algo_args or {}), "train.algo_args", errors)
+        owned = cls.owned_args(cfg)
+        errors += [f"train.algo_args.{k}: {cfg.algo_args[k]!r} conflicts with {src}={v} (leave it out: it follows {src})"
+                   for k, (v, src) in owned.items() if k in (cfg.algo_args or {}) and cfg.algo_args[k] != v]
+        return errors
+
+    @classmethod
+    def owned_args(cls, cfg: "TrainConfig") -> dict[str, tuple[object, str]]:
+        """Loss-config keys the loop sets from other preset keys: name -> (value, source key)."""
+        args_cls = cls.algo_args_class()
+        names = {f.name for f in dataclasses.fields(args_cls)} if args_cls else set()
+        return {"group_size": (cfg.samples_per_prompt, "train.samples_per_prompt")} if "group_size" in names else {}
+
+    @classmethod
+    def default_args(cls, cfg: "TrainConfig") -> dict[str, object]:
+        """Loss-config defaults derived from the preset when `algo_args` leaves them out."""
+        return {}
+
+    @classmethod
+    def loss_config(cls, cfg: "TrainConfig"):
+        """The `algo_args` dataclass from `train.algo_args` plus the loop-owned and derived keys; ConfigError
+        (exit 2) on a bad or contradicting value."""
+        cfg = cls.resolve(cfg)
+        errors = cls.check(cfg)
+        if errors:
+            raise ConfigError("invalid train.algo_args", errors)
+        args = dict(cfg.algo_args or {})
+        base = build(cls.algo_args_class(), args, "train.algo_args", [])
+        values = {k: v for k, (v, _) in cls.owned_args(cfg).items()}
+        values.update({k: v for k, v in cls.default_args(cfg).items() if args.get(k) is None})
+        return dataclasses.replace(base, **values)
