@@ -64,7 +64,29 @@ def spike_stats(norms: list[float]) -> dict[str, float]:
             "late_over_early": statistics.fmean(xs[-q:]) / max(statistics.fmean(xs[:q]), 1e-12)}
 
 
-def summarise(runs: dict[str, dict[int, dict]], hot: dict[str, dict], target_method: str = "PPO") -> dict:
+def grad_split(runs: list[dict]) -> dict | None:
+    """Figs. 4–6 statistics of runs with split-gradient telemetry: per-seed spike/decay ratios, then
+    mean ± std over the seeds; the first seed's curves for the plot."""
+    runs = [r for r in runs if any(not math.isnan(x) for x in r["series"]["grad_norm_pos"])]
+    if not runs:
+        return None
+    out = {k: runs[0]["series"][k] for k in ("grad_norm", "grad_norm_pos", "grad_norm_neg")}
+    for name, series, stat in (("max_over_median", "grad_norm", "max_over_median"),
+                               ("late_over_early_pos", "grad_norm_pos", "late_over_early"),
+                               ("late_over_early_neg", "grad_norm_neg", "late_over_early")):
+        out[name] = mean_std([spike_stats(r["series"][series])[stat] for r in runs])
+    out["final_greedy"] = mean_std([r["final_greedy"] for r in runs])
+    out["n_seeds"] = len(runs)
+    return out
+
+
+def loss_ratio(run: dict) -> float:
+    """Mean over rollout batches of the last optimizer step's loss / the first's (NaN without them)."""
+    pairs = [(a, b) for a, b in zip(run["series"]["loss_first"], run["series"]["loss_last"]) if a and not math.isnan(a)]
+    return statistics.fmean(b / a for a, b in pairs) if pairs else float("nan")
+
+
+def summarise(runs: dict[str, dict[int, dict]], hot: dict[str, dict[int, dict]], target_method: str = "PPO") -> dict:
     out = {}
     for m, by_seed in runs.items():
         rs = list(by_seed.values())
@@ -72,20 +94,11 @@ def summarise(runs: dict[str, dict[int, dict]], hot: dict[str, dict], target_met
             continue
         p1, g = mean_std([r.get("pass1") for r in rs]), mean_std([r["final_greedy"] for r in rs])
         d = {"pass1_mean": p1[0], "pass1_std": p1[1], "greedy_mean": g[0], "greedy_std": g[1],
-             "greedy_per_seed": [r["final_greedy"] for r in rs], "mean_curve": mean_curve(rs),
-             "samples_total": statistics.fmean(r["samples_total"] for r in rs),
-             "wall_mean_s": mean_std([r["wall_s"] for r in rs])[0]}
-        s0 = rs[0]["series"]
-        for key, src in (("grad_default", s0), ("grad_hot", hot[m]["series"] if m in hot else None)):
-            if src is not None and any(not math.isnan(x) for x in src["grad_norm_pos"]):
-                d[key] = {**{k: src[k] for k in ("grad_norm", "grad_norm_pos", "grad_norm_neg")},
-                          "stats": spike_stats(src["grad_norm"]), "stats_pos": spike_stats(src["grad_norm_pos"]),
-                          "stats_neg": spike_stats(src["grad_norm_neg"]),
-                          "final_greedy": (hot[m] if key == "grad_hot" else rs[0])["final_greedy"]}
-        lf = [x for x in s0["loss_first"] if not math.isnan(x)]
-        ll = [x for x in s0["loss_last"] if not math.isnan(x)]
-        if lf:
-            d["loss_last_over_first"] = statistics.fmean(b / a for a, b in zip(lf, ll) if a)
+             "greedy_per_seed": [r["final_greedy"] for r in rs], "pass1_per_seed": [r.get("pass1") for r in rs],
+             "mean_curve": mean_curve(rs), "samples_total": statistics.fmean(r["samples_total"] for r in rs),
+             "wall_mean_s": mean_std([r["wall_s"] for r in rs])[0],
+             "grad_default": grad_split(rs), "grad_hot": grad_split(list(hot.get(m, {}).values())),
+             "loss_last_over_first": mean_std([loss_ratio(r) for r in rs])}
         out[m] = d
     target = out.get(target_method, {}).get("greedy_mean")
     for d in out.values():
@@ -118,7 +131,7 @@ def plot(tables: dict, img: Path, lr_mult: float) -> list[str]:
         files.append(f"compare_{name}_accuracy.png")
         fig.savefig(img / files[-1], dpi=110)
         plt.close(fig)
-    tab = tables["table1"]
+    tab = tables.get("table1", {"methods": {}})
     for key, label in (("grad_default", "selected lr"), ("grad_hot", f"{lr_mult:g}x selected lr")):
         present = [m for m, d in tab["methods"].items() if d.get(key)]
         if not present:
@@ -132,7 +145,7 @@ def plot(tables: dict, img: Path, lr_mult: float) -> list[str]:
             ax.set_title(m, fontsize=10)
             ax.set_yscale("log")
         axes.flat[0].legend(fontsize=7)
-        fig.suptitle(f"Gradient norm by advantage sign, {label} (seed 0)")
+        fig.suptitle(f"Gradient norm by advantage sign, {label} (first seed)")
         fig.tight_layout()
         files.append(f"compare_gradnorm_{'hot' if key == 'grad_hot' else 'default'}.png")
         fig.savefig(img / files[-1], dpi=110)
@@ -144,60 +157,69 @@ def fmt(x, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def pm(ms: tuple[float, float], digits: int = 3) -> str:
+    return f"{fmt(ms[0], digits)} ± {fmt(ms[1], digits)}"
+
+
 def markdown(summary: dict, img_rel: str, files: list[str]) -> str:
-    L = [f"_Generated by `{summary['command']}` on {summary['date']}: {summary['wall_min']:.1f} min of wall time "
-         f"(2-core CPU, shared with other jobs, {summary['threads']} torch thread)._", "", "**Setup.** " + summary["setup"], "",
+    L = [f"_Generated by `{summary['command']}` on {summary['date']}: {summary['elapsed_min']:.1f} min elapsed, "
+         f"{summary['wall_min']:.1f} min of summed run time ({summary['jobs']} run(s) at a time, 2-core CPU shared with other "
+         f"jobs, {summary['threads']} torch thread per run)._", "", "**Setup.** " + summary["setup"], "",
          "### Learning rates picked on the validation split", "",
          f"Greedy accuracy on {summary['n_val']} training prompts held out from RL training, after {summary['select_steps']} "
-         "steps, seed 0; ties go to the smaller lr.", "", "| method | " + " | ".join(f"lr {lr:g}" for lr in summary["grid"]) + " | picked |",
+         "steps, seed 0, for every (setting, method); ties go to the smaller lr. `@verifier` = the rule-based reward.", "",
+         "| method | " + " | ".join(f"lr {lr:g}" for lr in summary["grid"]) + " | picked |",
          "|---|" + "---|" * (len(summary["grid"]) + 1)]
-    for m, accs in summary["selection"].items():
-        L.append(f"| {m} | " + " | ".join(fmt(accs.get(str(lr))) for lr in summary["grid"]) + f" | {summary['lrs'][m]:g} |")
+    for k, accs in summary["selection"].items():
+        L.append(f"| {k} | " + " | ".join(fmt(accs.get(str(lr))) for lr in summary["grid"]) + f" | {summary['lrs'][k]:g} |")
     sft = summary["sft"]
-    for name, title in (("table1", "Table 1 analogue: DPO-RM reward (LCO: dense `dpo` advantages)"),
-                        ("table5", "Table 5 analogue: verifier reward (LCO: sparse advantages)")):
+    for name, title in summary["titles"].items():
         tab = summary["tables"].get(name)
-        if not tab:
-            continue
         L += ["", f"### {title}", "", f"Mean ± std over seeds {summary['seeds']}; pass@1 = `lco eval` on the 400 test problems "
               f"(k = 4, T = 0.6, top-p = 0.95); greedy = the loop's held-out greedy accuracy ({summary['eval_problems']} test "
               "problems) at the last step.", "", "| method | lr | pass@1 | greedy | rollout samples | wall / run |", "|---|---|---|---|---|---|",
               f"| SFT (start) | | {fmt(sft['pass1'])} | {fmt(sft['greedy'])} | 0 | |"]
         for m, d in tab["methods"].items():
-            L.append(f"| {m} | {summary['lrs'].get(m.replace('-sparse', ''), float('nan')):g} | {fmt(d['pass1_mean'])} ± "
+            L.append(f"| {m} | {summary['lrs'][summary['keys'][name][m]]:g} | {fmt(d['pass1_mean'])} ± "
                      f"{fmt(d['pass1_std'])} | {fmt(d['greedy_mean'])} ± {fmt(d['greedy_std'])} | {d['samples_total']:.0f} "
                      f"| {d['wall_mean_s']:.0f} s |")
-    t1 = summary["tables"]["table1"]
-    ppo = t1["methods"].get("PPO", {}).get("samples_to_target")
-    L += ["", "### Fig. 7 analogue: rollout samples to reach PPO's final accuracy", "",
-          f"Target: PPO's final seed-mean greedy accuracy {fmt(t1['target'])} (Table 1 runs; linear interpolation between "
-          "evaluations). Paper: LCO-LCH ≈ 1/3, LCO-KLD ≈ 1/2 of PPO's samples.", "", "| method | samples | ÷ PPO's |", "|---|---|---|"]
-    for m, d in t1["methods"].items():
-        s = d["samples_to_target"]
-        L.append(f"| {m} | {'not reached' if s is None else f'{s:.0f}'} | {fmt(s / ppo, 2) if s is not None and ppo else 'n/a'} |")
-    L += ["", f"![accuracy vs samples]({img_rel}/{files[0]})", "", "### Figs. 4–6 analogue: gradient norm by advantage sign", "",
-          "Seed 0 of the Table 1 runs at the selected lr and at "
-          f"{summary['lr_mult']:g}× it. `max/med` = largest / median pre-clipping norm over the run, `late/early` = mean of the "
-          "last quarter of steps / first quarter (< 1: decays). `loss last/first` = mean over rollout batches of the last "
-          "optimizer step's loss / the first's (< 1: descent toward the frozen target within a batch).", "",
-          "| method | lr | max/med (all) | late/early A≥0 | late/early A<0 | loss last/first | final greedy |", "|---|---|---|---|---|---|---|"]
-    for m, d in t1["methods"].items():
-        for key, tag in (("grad_default", "selected"), ("grad_hot", f"{summary['lr_mult']:g}×")):
-            g = d.get(key)
-            if g:
-                L.append(f"| {m} | {tag} | {fmt(g['stats']['max_over_median'], 2)} | {fmt(g['stats_pos']['late_over_early'], 2)} "
-                         f"| {fmt(g['stats_neg']['late_over_early'], 2)} | {fmt(d.get('loss_last_over_first') if key == 'grad_default' else None, 2)} "
-                         f"| {fmt(g['final_greedy'])} |")
+    t1 = summary["tables"].get("table1")
+    if t1:
+        L += fig7(t1)
+        L += ["", f"![accuracy vs samples]({img_rel}/{files[0]})", "", "### Figs. 4–6 analogue: gradient norm by advantage sign", "",
+              f"Every Table 1 run at the selected lr and at {summary['lr_mult']:g}× it, mean ± std over seeds of per-run ratios: "
+              "`max/med` = largest / median pre-clipping norm over the run, `late/early` = mean of the last quarter of steps / the "
+              "first quarter (< 1: decays), split by the sign of the sampled token's advantage. `loss last/first` = mean over rollout "
+              "batches of the last optimizer step's loss / the first's (< 1: descent toward the frozen target within a batch).", "",
+              "| method | lr | max/med (all) | late/early A≥0 | late/early A<0 | loss last/first | final greedy |", "|---|---|---|---|---|---|---|"]
+        for m, d in t1["methods"].items():
+            for key, tag in (("grad_default", "selected"), ("grad_hot", f"{summary['lr_mult']:g}×")):
+                g = d.get(key)
+                if g:
+                    L.append(f"| {m} | {tag} | {pm(g['max_over_median'], 2)} | {pm(g['late_over_early_pos'], 2)} "
+                             f"| {pm(g['late_over_early_neg'], 2)} | {pm(d['loss_last_over_first'], 2) if key == 'grad_default' else ''} "
+                             f"| {pm(g['final_greedy'])} |")
     fit = summary["tables"].get("fit", {}).get("methods", {})
     if fit:
         L += ["", f"### Within-batch descent: LCO at {summary['fit_epochs']} epochs × 1 minibatch", "",
-              "Seed 0, picked lr, the same tokens at every optimizer step of a rollout batch with z_old frozen. Mean over "
-              "rollout batches of loss_last / loss_first.", "",
+              "Every seed, picked lr, the same tokens at every optimizer step of a rollout batch with z_old frozen. Mean ± std over "
+              "seeds of the mean over rollout batches of loss_last / loss_first.", "",
               "| method | loss last/first | final greedy |", "|---|---|---|"]
-        L += [f"| {m} | {fmt(d.get('loss_last_over_first'), 2)} | {fmt(d['greedy_mean'])} |" for m, d in fit.items()]
+        L += [f"| {m} | {pm(d['loss_last_over_first'], 2)} | {fmt(d['greedy_mean'])} ± {fmt(d['greedy_std'])} |" for m, d in fit.items()]
     L.append("")
     L += [f"![gradient norms]({img_rel}/{f})" for f in files if "gradnorm" in f]
     return "\n".join(L)
+
+
+def fig7(t1: dict) -> list[str]:
+    ppo = t1["methods"].get("PPO", {}).get("samples_to_target")
+    L = ["", "### Fig. 7 analogue: rollout samples to reach PPO's final accuracy", "",
+         f"Target: PPO's final seed-mean greedy accuracy {fmt(t1['target'])} (Table 1 runs; linear interpolation between "
+         "evaluations). Paper: LCO-LCH ≈ 1/3, LCO-KLD ≈ 1/2 of PPO's samples.", "", "| method | samples | ÷ PPO's |", "|---|---|---|"]
+    for m, d in t1["methods"].items():
+        s = d["samples_to_target"]
+        L.append(f"| {m} | {'not reached' if s is None else f'{s:.0f}'} | {fmt(s / ppo, 2) if s is not None and ppo else 'n/a'} |")
+    return L
 
 
 def write_doc(doc: Path, generated: str, begin: str = "<!-- BEGIN GENERATED -->", end: str = "<!-- END GENERATED -->") -> None:
