@@ -1,7 +1,9 @@
 """The loss `lco train` runs (`LCOUpdate.prepare` + `micro_loss`, i.e. `losses.lco_chunked.lco_chunked_loss`)
 equals the reference `losses.lco.lco_loss` on materialised logits, on a real rollout batch of the tiny
 SFT policy scored by the tiny DPO RM, in float64: loss and parameter gradient summed over micro-batches,
-with z_old frozen while the parameters move (several epochs), β_neg, clipping, both top-k supports.
+with z_old frozen while the parameters move (several epochs), β_neg, clipping, both top-k supports —
+in one process, and over 2 processes (`accelerate launch`, gloo): each process's half of the batch through
+the loop's DDP policy and `Normaliser`, the all-reduced gradient against the reference on the whole batch.
 
 Plus the authors' support (`train.advantage_support: authors`) by hand-derived numbers and against a
 literal port of homzer/llama-rlhf's `src/ppo/trainer_lco.py` / `src/utils.create_lco_log_target`.
@@ -13,6 +15,7 @@ import math
 import pytest
 import torch
 from conftest import invoke, read_jsonl
+from lco_path_shared import load_prepared, move_parameters, path_config
 
 from lco_cli.losses.lco import (
     authors_loss_and_grad,
@@ -37,51 +40,38 @@ RTOL, GRAD_RTOL = 1e-6, 1e-5
 
 @pytest.fixture(scope="module")
 def setup(prepared):
-    from lco_cli.config.loader import load
     from lco_cli.engines.generation import make_engine
-    from lco_cli.rl.advantage_sources import DPOReward
     from lco_cli.rl.registry import get_algo
     from lco_cli.rl.sampling import Sampler
-    from lco_cli.rl.update import HiddenStatesLM
     from lco_cli.runtime import models
     from lco_cli.runtime.optim import make_accelerator
     from lco_cli.tasks import get_task
 
-    _, p = load(str(prepared / "fast.yaml"), ["train.reward=rm", "train.samples_per_prompt=3"])
+    s = load_prepared(prepared)
+    p = s["preset"]
     cfg = get_algo("lco").resolve(p.train)
-    sft, rm = str(prepared / "run/sft/final"), str(prepared / "run/rm/final")
-    tok = models.load_tokenizer(sft, p.model)
+    tok = models.load_tokenizer(s["sft"], p.model)
     acc = make_accelerator("no", 0)
-    reward = DPOReward(rm, p.model)
-    reward.rm.double(), reward.ref.double()
-    policy = HiddenStatesLM(models.load_model(sft, p.model, trainable=True)).double()
-    reference = HiddenStatesLM(models.load_model(sft, p.model, trainable=False)).double()
     task = get_task(p.task, p.seed)
     torch.manual_seed(0)
-    sampler = Sampler(cfg, make_engine("hf", policy.lm, tok, 16), policy, tok, task, reward, acc, p.seed)
+    sampler = Sampler(cfg, make_engine("hf", s["policy"].lm, tok, 16), s["policy"], tok, task, s["reward"], acc, p.seed)
     batch = sampler.sample(task.train[:4], cfg.samples_per_prompt)
     assert batch.rewards.unique().numel() > 1  # real, varied RM rewards (both advantage signs)
-    return {"preset": p, "policy": policy, "reference": reference, "reward": reward, "acc": acc, "batch": batch}
+    return {**s, "acc": acc, "batch": batch}
 
 
 def training_path(s, **train):
     """Loss and parameter gradient of the training path after the parameters moved (z_old frozen)."""
-    import dataclasses
-
     from lco_cli.rl.lco import LCOUpdate
     from lco_cli.rl.update import MicroBatch, Normaliser, TrainEnv, row_chunks
 
-    cfg = dataclasses.replace(s["preset"].train, **train, update_epochs=3, minibatches=1, micro_batch_size=3,
-                              samples_per_prompt=3)
+    cfg = path_config(s["preset"].train, **train)
     policy, batch = s["policy"], s["batch"]
     state = {k: v.clone() for k, v in policy.state_dict().items()}
     env = TrainEnv(cfg, policy, s["reference"], s["reward"], s["acc"], chunk_size=5)
     update = LCOUpdate(cfg, env)
     prep, _ = update.prepare(batch)
-    with torch.no_grad():  # "later epochs": the parameters moved since prepare; z_old must not
-        g = torch.Generator().manual_seed(1)
-        for q in policy.parameters():
-            q.add_(0.02 * torch.randn(q.shape, generator=g, dtype=q.dtype))
+    move_parameters(policy)  # "later epochs": the parameters moved since prepare; z_old must not
     moved = {k: v.clone() for k, v in policy.state_dict().items()}
     policy.zero_grad(set_to_none=True)
     norm = Normaliser(global_tokens=float(batch.response_len.sum()), global_seqs=float(batch.size), world=1)
@@ -120,7 +110,13 @@ def group_normalised(rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor
     return out
 
 
-def reference(s, state, moved, kind, advantage, beta=1.0, beta_neg=None, clip=None, topk=None, center=True):
+def batch_normalised(rewards: torch.Tensor) -> torch.Tensor:
+    """(r − mean) / (std + 1e-4) over the whole batch, the `batch` normalisation of sparse advantages, by hand."""
+    r = rewards.double()
+    return (r - r.mean()) / (r.std() + 1e-4)
+
+
+def reference(s, state, moved, kind, advantage, beta=1.0, beta_neg=None, clip=None, topk=None, center=True, norm="group"):
     """lco_loss on materialised float64 logits: z_old from the pre-update parameters, z_θ from the moved ones."""
     policy, batch = s["policy"], s["batch"]
     policy.load_state_dict(state)
@@ -130,7 +126,8 @@ def reference(s, state, moved, kind, advantage, beta=1.0, beta_neg=None, clip=No
     z = logits_of(policy.lm, batch)
     sampled = batch.sampled_ids
     if advantage == "sparse":
-        seq = group_normalised(batch.rewards, batch.group)[batch.token_seq]
+        normalised = group_normalised(batch.rewards, batch.group) if norm == "group" else batch_normalised(batch.rewards)
+        seq = normalised[batch.token_seq]
         adv = dense_advantage(sparse_advantage(sampled, seq, z.shape[-1]), center=center, clip=clip)
     else:
         adv = dense_advantage(raw_dense_advantage(s, advantage), center=center, clip=clip, topk=topk, old_logits=z_old)
@@ -144,13 +141,14 @@ def reference(s, state, moved, kind, advantage, beta=1.0, beta_neg=None, clip=No
     return float(loss.detach()), grads
 
 
-def assert_same(got, want):
+def assert_same(got, want, case: str = "", rtol: float = RTOL, grad_rtol: float = GRAD_RTOL):
     (loss, grads), (ref_loss, ref_grads) = got, want
-    assert loss == pytest.approx(ref_loss, rel=RTOL)
-    assert any(float(g.abs().max()) > 1e-6 for g in ref_grads.values())  # a gradient that can be wrong
+    assert loss == pytest.approx(ref_loss, rel=rtol), case
+    assert any(float(g.abs().max()) > 1e-6 for g in ref_grads.values()), case  # a gradient that can be wrong
+    assert set(grads) == set(ref_grads), case
     for n, g in ref_grads.items():
-        err = float((grads[n] - g).norm() / g.norm().clamp_min(1e-300))
-        assert err < GRAD_RTOL, f"{n}: relative gradient error {err:.2e}"
+        err = float((grads[n].double() - g).norm() / g.norm().clamp_min(1e-300))
+        assert err < grad_rtol, f"{case} {n}: relative gradient error {err:.2e}"
 
 
 @pytest.mark.parametrize("kind", ["kld", "mse", "lch"])
@@ -214,6 +212,94 @@ def test_training_path_with_the_authors_support_equals_their_code(setup, kind, a
     # Their KLD does not centre A; ours does (normalisers cancel): the two π* differ only in the mass off
     # the support, ≤ V·e^-100 relative, far below float64 resolution — so the same tolerance holds.
     assert_same((loss, grads), authors_reference(setup, state, moved, kind, advantage, k=5, beta=2.0))
+
+
+# --------------------------------------------------------------------------- over 2 processes (DDP)
+
+
+def two_process_cases() -> dict[str, dict]:
+    """name -> the train keys (to the worker) and the reference's arguments: every objective × advantage,
+    plain and β_neg+clip; sparse with the `batch` normalisation (rewards gathered over the processes);
+    the policy top-k and the authors' supports."""
+    cases = {}
+    for kind in ("kld", "mse", "lch"):
+        for advantage in ("dpo", "logprob", "sparse"):
+            for shaping, opts in (("plain", {"beta": 0.7}), ("beta_neg+clip", {"beta": 0.7, "beta_neg": 3.0, "clip": 0.5})):
+                train = {"objective": kind, "advantage": advantage, "advantage_norm": "group", "beta": opts["beta"],
+                         "beta_neg": opts.get("beta_neg"), "advantage_clip": opts.get("clip")}
+                cases[f"{kind}/{advantage}/{shaping}"] = {"train": train, "ref": {"kind": kind, "advantage": advantage, **opts}}
+    cases["kld/sparse/batch-norm"] = {
+        "train": {"objective": "kld", "advantage": "sparse", "advantage_norm": "batch", "beta": 0.7},
+        "ref": {"kind": "kld", "advantage": "sparse", "beta": 0.7, "norm": "batch"}}
+    cases["mse/dpo/policy_topk"] = {
+        "train": {"objective": "mse", "advantage": "dpo", "advantage_support": "policy_topk", "advantage_topk": 4,
+                  "beta_neg": 2.0},
+        "ref": {"kind": "mse", "advantage": "dpo", "beta": 1.0, "beta_neg": 2.0, "topk": 4}}
+    cases["lch/dpo/authors"] = {
+        "train": {"objective": "lch", "advantage": "dpo", "advantage_support": "authors", "advantage_topk": 5, "beta": 2.0},
+        "authors": {"kind": "lch", "advantage": "dpo", "k": 5, "beta": 2.0}}
+    for name in ("kld/dpo/plain", "mse/dpo/plain", "lch/dpo/plain", "kld/sparse/plain"):  # as `lco train` runs the tiny presets
+        cases[f"{name}/float32"] = {"train": {**cases[name]["train"], "dtype": "float32"}, "ref": cases[name]["ref"]}
+    return cases
+
+
+@pytest.mark.slow
+def test_training_path_over_two_processes_equals_the_reference_on_the_whole_batch(setup, prepared, tmp_path):
+    """`accelerate launch --num_processes 2` (gloo): each process runs the loop's micro-batch losses on its half
+    of the rollout batch through the `prepare`d DDP policy with the loop's `Normaliser`; the gradient DDP
+    leaves on each replica, and the loss the loop reports, equal `lco_loss` on the whole batch's logits in
+    float64 — with float64 models, and with the float32 models `lco train` runs the tiny presets in."""
+    import json
+    from pathlib import Path
+
+    from conftest import free_port
+    from launching import accelerate_launch
+
+    batch, policy = setup["batch"], setup["policy"]
+    half = batch.size // 2
+    assert not set(batch.group[:half].tolist()) & set(batch.group[half:].tolist())  # whole groups per process, as in training
+    cases = two_process_cases()
+    torch.save(batch, tmp_path / "batch.pt")
+    (tmp_path / "cases.json").write_text(json.dumps({name: c["train"] for name, c in cases.items()}))
+    worker = Path(__file__).with_name("lco_path_worker.py")
+    res = accelerate_launch("ddp", [str(worker), str(prepared), str(tmp_path / "batch.pt"), str(tmp_path / "cases.json"),
+                                    str(tmp_path)], free_port(), {})
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for r in ranks:  # two CPU processes, the policies DDP-wrapped, no autocast (the ddp file's bf16 is overridden)
+        assert (r["world"], r["ddp"], r["distributed_type"], r["mixed_precision"], r["rows"]) == (
+            2, [True, True], "DistributedType.MULTI_CPU", "no", half)
+
+    state = {k: v.clone() for k, v in policy.state_dict().items()}
+    move_parameters(policy)
+    moved = {k: v.clone() for k, v in policy.state_dict().items()}
+    policy.load_state_dict(state)
+    for name, case in cases.items():
+        got, other = ranks[0]["cases"][name], ranks[1]["cases"][name]
+        assert got["old_head"], name  # z_old frozen in `prepare`
+        assert (got["global_tokens"], got["global_seqs"]) == (float(batch.response_len.sum()), float(batch.size)), name
+        # Both replicas hold the one all-reduced gradient and report the one all-reduced loss: bit-equal
+        # (an all-reduce hands every rank the same sum; anything else would make the replicas drift apart).
+        assert got["loss"] == other["loss"], name
+        assert all(torch.equal(g, other["grads"][n]) for n, g in got["grads"].items()), name
+        if "authors" in case:
+            want = authors_reference(setup, state, moved, **case["authors"])
+        else:
+            want = reference(setup, state, moved, **case["ref"])
+        if name.endswith("float32"):
+            # float32 models (as trained) against the float64 reference: the policy, φ_DPO and φ_ref logits
+            # carry float32 rounding (~1e-7 relative), and a loss of ~1e-2 is a sum of O(1) log-probability
+            # differences, so its relative error is ~100x that. Measured: ≤ 5.7e-6 on the loss (KLD), ≤ 1.3e-6
+            # on a gradient tensor; 1e-4 keeps ~20x headroom and still catches a wrong factor or statistic.
+            assert_same((got["loss"], got["grads"]), want, name, rtol=1e-4, grad_rtol=1e-4)
+        else:
+            # float64: the single-process tolerances (RTOL, GRAD_RTOL, above) hold, as the only
+            # differences are Qwen2's internal float32 RMSNorm/softmax on different padding (each process's half is
+            # padded to its own longest row), the float64 order of the DDP all-reduce (2 summands) and the loop
+            # reporting the all-reduced loss as a float32 tensor (6e-8 relative). Measured: ≤ 1.1e-7 on the loss,
+            # ≤ 6e-8 on a gradient tensor. A missing or doubled world factor, a per-process token count or a
+            # per-process advantage statistic is off by 1e-3 or more (per-process `batch` reward statistics: 1e-1).
+            assert_same((got["loss"], got["grads"]), want, name)
 
 
 # --------------------------------------------------------------------------- the authors' support by hand

@@ -11,7 +11,6 @@ is the real thing.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import invoke, read_jsonl
+from launching import accelerate_launch, torchrun
 
 LAUNCHER = textwrap.dedent('''
     import json, os, sys
@@ -57,23 +57,6 @@ LAUNCHER = textwrap.dedent('''
     sys.argv = ["lco", *sys.argv[1:]]
     main()
 ''')
-
-
-def accelerate_launch(config: str, script_args: list[str], port: int, env: dict) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file $(lco presets accelerate CONFIG) --num_processes 2 …`, as documented.
-
-    With no GPU, accelerate starts the two processes through torchrun (gloo) and their Accelerator
-    runs on the CPU."""
-    from lco_cli.launch import accelerate_configs
-
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_configs()[config]),
-           "--num_processes", "2", "--main_process_port", str(port), *script_args]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
-
-
-def torchrun(script_args: list[str], env: dict, port: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-                           *script_args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
 
 
 def test_presets_accelerate_prints_bundled_configs(runner, workdir):
