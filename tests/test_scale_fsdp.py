@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import invoke, read_jsonl
+from conftest import free_port, invoke, read_jsonl
 from launching import accelerate_launch, torchrun
 
 LAUNCHER = textwrap.dedent('''
@@ -85,9 +85,9 @@ def test_fsdp_train_dpo_equals_ddp_on_two_cpu_processes(run_dir, workdir):
     # held-out accuracy and checkpoints run on the main process only: FSDP refuses them (docs/scale.md)
     args = ["train", "fast.yaml", "train.steps=2", "train.eval_every=0", "train.eval_problems=0", "train.advantage=dpo",
             "train.checkpoint_every=2"]
-    ddp = accelerate_launch("ddp", ["launch_cpu_fsdp.py", *args, "--run-dir", "run_ddp"], 29641, {"LCO_TEST_RECORD": str(workdir / "ddp")})
+    ddp = accelerate_launch("ddp", ["launch_cpu_fsdp.py", *args, "--run-dir", "run_ddp"], free_port(), {"LCO_TEST_RECORD": str(workdir / "ddp")})
     assert ddp.returncode == 0, ddp.stderr[-4000:]
-    fsdp = accelerate_launch("fsdp", ["launch_cpu_fsdp.py", *args, "--run-dir", "run"], 29643, {"LCO_TEST_RECORD": str(workdir / "fsdp")})
+    fsdp = accelerate_launch("fsdp", ["launch_cpu_fsdp.py", *args, "--run-dir", "run"], free_port(), {"LCO_TEST_RECORD": str(workdir / "fsdp")})
     assert fsdp.returncode == 0, fsdp.stderr[-4000:]
 
     assert json.loads((workdir / "ddp.0").read_text())["distributed_type"] == "DistributedType.MULTI_CPU"
@@ -157,7 +157,7 @@ GATHER_SCRIPT = textwrap.dedent('''
 @pytest.mark.slow
 def test_full_weight_gathers_a_sharded_head_with_exact_gradients(workdir):
     (workdir / "gather.py").write_text(GATHER_SCRIPT)
-    res = torchrun(["gather.py"], {}, 29645)
+    res = torchrun(["gather.py"], {}, free_port())
     # Tolerance 1e-6: the same float32 products summed in another order (reduce-scatter vs one process).
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert "rank0 err=" in res.stdout and "rank1 err=" in res.stdout
