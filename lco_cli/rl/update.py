@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from lco_cli.config.typed import build
-from lco_cli.engines.chunked import TokenTelemetry, VocabHead, chunked_entropy_and_logprobs, compute_dtype
+from lco_cli.engines.chunked import TokenTelemetry, VocabHead, chunked_entropy_and_logprobs
 from lco_cli.engines.sharding import full_weight
 from lco_cli.errors import ConfigError
 
@@ -362,8 +362,8 @@ class Update:
     def _reference_only(self, batch: "RolloutBatch") -> Prepared:
         ref_lp = torch.cat([self._reference_logprobs(batch.subset(rows))
                             for rows in row_chunks(batch.size, self.cfg.micro_batch_size)])
-        w, _ = head_of(self.env.policy, self.env.vocab)
-        forward = TokenTelemetry.empty(ref_lp.shape[0], compute_dtype(w.dtype), ref_lp.device)
+        # telemetry buffers in the loss dtype (≥ float32, as ref_lp); not from head_of: under FSDP that gathers
+        forward = TokenTelemetry.empty(ref_lp.shape[0], ref_lp.dtype, ref_lp.device)
         return Prepared(ref_logprobs=ref_lp, forward=forward)
 
     def forward_stats(self, prep: Prepared) -> dict[str, float]:
