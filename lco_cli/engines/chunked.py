@@ -98,6 +98,37 @@ def fold_logit_grad(g: Tensor, h: Tensor, weight: Tensor, sl: slice, grad_h: Ten
         grad_b += g.sum(0).to(grad_b.dtype)
 
 
+@dataclass
+class TokenTelemetry:
+    """Per-token entropy ``H(π(·|s_t))`` and ``log π(a_t)`` ``[N]`` of the policy, written (no grad) by a
+    loss engine from the chunk logits it computes anyway: a behaviour pass would recompute them.
+
+    Index it with a basic slice only: the result views the same storage, so a micro-batch's engine call
+    fills its rows of the whole batch's buffers."""
+
+    entropy: Tensor
+    logprobs: Tensor
+
+    @staticmethod
+    def empty(n: int, dtype: torch.dtype, device) -> "TokenTelemetry":
+        """NaN-filled buffers: a token no forward wrote shows up as NaN, never as a plausible value."""
+        return TokenTelemetry(torch.full((n,), float("nan"), dtype=dtype, device=device),
+                              torch.full((n,), float("nan"), dtype=dtype, device=device))
+
+    def __getitem__(self, index: slice) -> "TokenTelemetry":
+        if not isinstance(index, slice):
+            raise TypeError("TokenTelemetry takes basic slices only (advanced indexing would copy, losing the writes)")
+        return TokenTelemetry(self.entropy[index], self.logprobs[index])
+
+    @torch.no_grad()
+    def fill(self, sl: slice, z: Tensor, lse: Tensor, ids: Tensor) -> None:
+        """Rows ``sl`` from a chunk's logits ``z`` [c, V] and their logsumexp; the same formulas as
+        :func:`chunked_entropy_and_logprobs`, so the values match a separate no-grad pass up to the
+        matmul's rounding of ``z`` (identical on the same inputs; a last bit where memory layout differs)."""
+        self.entropy[sl] = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+        self.logprobs[sl] = z.gather(-1, ids.long().unsqueeze(-1)).squeeze(-1) - lse
+
+
 def token_chunks(n: int, chunk_size: int) -> Iterator[slice]:
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -159,6 +190,7 @@ class _ChunkLoop:
     targets: Targets | None
     chunk_size: int
     stats: _Stats | None
+    tokens: TokenTelemetry | None = None
 
     def targets_for(self, sl: slice) -> dict:
         with torch.no_grad():
@@ -204,6 +236,10 @@ class _ChunkLoop:
                 h = hidden[sl].to(weight.dtype)
                 z = project(h, weight, bias)
                 w = weights[sl].to(cdtype)
+                if self.tokens is not None:
+                    if sampled_ids is None:
+                        raise ValueError("per-token telemetry needs targets(sl) to give 'sampled_ids'")
+                    self.tokens.fill(sl, z, torch.logsumexp(z, dim=-1), sampled_ids)
                 loss_t, grad = self.chunk_loss(z, tgt, need_grad)
                 del tgt
                 total += (w * loss_t).sum()
@@ -253,6 +289,7 @@ def chunked_token_loss(
     chunk_size: int,
     targets: Targets | None = None,
     stats: bool = False,
+    tokens: TokenTelemetry | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Weighted full-vocabulary token loss ``Σ_t w_t ℓ_t`` at O(chunk × V) memory.
 
@@ -272,13 +309,17 @@ def chunked_token_loss(
         stats: also return weighted token means of ``entropy`` and, when ``targets`` provides
             ``sampled_ids``, ``sampled_prob``, ``logit_grad_sampled`` (|∂ℓ_t/∂z| at the sampled
             token) and ``logit_grad_other`` (mean |∂ℓ_t/∂z| over the other V−1 tokens).
+        tokens: ``[N]`` buffers to fill with each token's policy entropy and ``log π(a_t)`` (needs
+            ``sampled_ids`` in ``targets``), unweighted, from the chunk logits the loss computes anyway.
 
     Returns:
         ``(loss, stats)``: a scalar (float32, or float64 for float64 inputs) with autograd to the
         policy head, and a dict of floats (empty unless ``stats``). ``backward`` runs once.
     """
     _validate_weights(weights, policy.num_tokens)
-    loop = _ChunkLoop(token_loss, targets, chunk_size, _Stats() if stats else None)
+    if tokens is not None and tokens.entropy.shape != (policy.num_tokens,):
+        raise ValueError(f"tokens must hold [N={policy.num_tokens}] rows, got {tuple(tokens.entropy.shape)}")
+    loop = _ChunkLoop(token_loss, targets, chunk_size, _Stats() if stats else None, tokens)
     tracked = (policy.hidden, policy.weight, policy.bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tracked):
         loss = _ChunkedLoss.apply(policy.hidden, policy.weight, policy.bias, weights.detach(), loop)
@@ -311,7 +352,7 @@ class _SelectiveLogprobs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, ids, chunk_size):
+    def forward(ctx, hidden, weight, bias, ids, chunk_size, tokens):
         ids = ids.long()
         out = torch.empty(hidden.shape[0], dtype=compute_dtype(weight.dtype), device=hidden.device)
         lse = torch.empty_like(out)
@@ -320,6 +361,8 @@ class _SelectiveLogprobs(torch.autograd.Function):
                 z = project(hidden[sl], weight, bias)
                 lse[sl] = torch.logsumexp(z, dim=-1)
                 out[sl] = z.gather(-1, ids[sl].unsqueeze(-1)).squeeze(-1) - lse[sl]
+                if tokens is not None:
+                    tokens.fill(sl, z, lse[sl], ids[sl])
         ctx.save_for_backward(hidden, weight, bias, ids, lse)
         ctx.chunk_size = chunk_size
         return out
@@ -339,23 +382,27 @@ class _SelectiveLogprobs(torch.autograd.Function):
                 g.mul_(-go).scatter_add_(-1, ids[sl].unsqueeze(-1), go)  # go·(onehot − softmax)
                 g = g.to(weight.dtype)
                 fold_logit_grad(g, h, weight, sl, grad_h, grad_w, grad_b)
-        return grad_h, grad_w, grad_b, None, None
+        return grad_h, grad_w, grad_b, None, None, None
 
 
-def chunked_selective_logprobs(head: VocabHead, ids: Tensor, chunk_size: int) -> Tensor:
+def chunked_selective_logprobs(head: VocabHead, ids: Tensor, chunk_size: int, tokens: TokenTelemetry | None = None) -> Tensor:
     """``log π(a_t)`` ``[N]`` at the given token ids, WITH grad, at O(chunk × V) memory.
 
     For policy-gradient baselines (REINFORCE/PPO/GRPO/...): equals
     ``log_softmax(hidden @ Wᵀ + b).gather(ids)`` without materializing ``[N, V]``. Backward
-    recomputes the chunk logits (one extra projection, like activation checkpointing).
+    recomputes the chunk logits (one extra projection, like activation checkpointing). With
+    ``tokens``, also writes each token's entropy and detached ``log π(a_t)`` there (no grad).
     """
     if ids.shape != (head.num_tokens,):
         raise ValueError(f"ids must be [N={head.num_tokens}], got {tuple(ids.shape)}")
-    return _SelectiveLogprobs.apply(head.hidden, head.weight, head.bias, ids, chunk_size)
+    if tokens is not None and tokens.entropy.shape != (head.num_tokens,):
+        raise ValueError(f"tokens must hold [N={head.num_tokens}] rows, got {tuple(tokens.entropy.shape)}")
+    return _SelectiveLogprobs.apply(head.hidden, head.weight, head.bias, ids, chunk_size, tokens)
 
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "TokenTelemetry",
     "VocabHead",
     "chunked_entropy_and_logprobs",
     "chunked_selective_logprobs",

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lco_cli.engines.chunked import DEFAULT_CHUNK_SIZE, VocabHead, chunked_token_loss, compute_dtype, project
+from lco_cli.engines.chunked import (DEFAULT_CHUNK_SIZE, TokenTelemetry, VocabHead, chunked_token_loss, compute_dtype,
+                                     project)
 from lco_cli.losses.lco import (
     authors_loss_and_grad,
     dense_advantage_,
@@ -138,6 +139,7 @@ def lco_chunked_loss(
     topk: int | None = None,
     support: str = "vocab",
     stats: bool = False,
+    tokens: TokenTelemetry | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """LCO loss (eqs. 8–10) against ``z* = z_old + A/β`` (eq. 7), chunked over tokens.
 
@@ -162,6 +164,8 @@ def lco_chunked_loss(
     ``support="authors"`` (dense advantages, needs ``topk``) replaces the shaping and the loss by the
     authors' code: :func:`authors_support_advantage` and :func:`~lco_cli.losses.lco.authors_loss_and_grad`
     (``center`` / ``clip`` do not apply; the sampled token's advantage is 0 off the support).
+    ``tokens`` (needs ``sampled_ids``) receives each token's policy entropy and ``log π(a_t)``, as in
+    :func:`chunked_token_loss`.
     Returns ``(loss, stats)`` as :func:`chunked_token_loss`.
     """
     if support == "authors" and (topk is None or advantage == "sparse"):
@@ -219,4 +223,4 @@ def lco_chunked_loss(
         return authors_loss_and_grad(kind, z, z_old, ids, adv_k, beta, need_grad=z.requires_grad)
 
     loss_fn = authors_token_loss if support == "authors" else token_loss
-    return chunked_token_loss(policy, loss_fn, weights, chunk_size, targets=targets, stats=stats)
+    return chunked_token_loss(policy, loss_fn, weights, chunk_size, targets=targets, stats=stats, tokens=tokens)

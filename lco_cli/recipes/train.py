@@ -94,6 +94,7 @@ def run_train(ctx: Context) -> dict:
                 batch = _shuffle_for_minibatches(batch, cfg, step)
                 prep, stats = update.prepare(batch)
                 row, skipped = _optimize(update, batch, prep, cfg, acc, opt, sched, trainable, step)
+                stats = {**update.forward_stats(prep), **stats}  # behaviour telemetry of a single-pass batch
                 check_finite_parameters(trainable, step)
             collect_stats.pop("log_batch", None)
             row.update(collect_stats)

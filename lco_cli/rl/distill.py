@@ -37,7 +37,8 @@ class TeacherUpdate(Update):
         self.algo = self.loss_cls(self.loss_config(cfg))
 
     def teacher_loss(self, mb, head: VocabHead, prep: TeacherPrepared, norm: Normaliser, keep, stats, token_loss):
-        """Σ_t w_t ℓ_t over the micro-batch, w_t = world / global tokens (0 outside `keep`); also the token mean."""
+        """Σ_t w_t ℓ_t over the micro-batch, w_t = world / global tokens (0 outside `keep`); also the token mean.
+        Its chunk logits also fill `prep.forward` (GKD's behaviour telemetry) when `prepare` set it."""
         teacher = prep.teacher_head
         weights = torch.full((head.num_tokens,), norm.token_weight(), device=head.hidden.device)
         weights = weights * keep.to(weights.device)
@@ -49,7 +50,8 @@ class TeacherUpdate(Update):
         def per_token_loss(z, teacher, sampled_ids):
             return token_loss(z, teacher)
 
-        loss, st = chunked_token_loss(head, per_token_loss, weights, self.env.chunk_size, targets=targets, stats=stats)
+        loss, st = chunked_token_loss(head, per_token_loss, weights, self.env.chunk_size, targets=targets, stats=stats,
+                                      tokens=prep.forward)
         mean = float(loss.detach()) / float(weights.sum()) if float(weights.sum()) > 0 else 0.0
         return loss, st, mean
 
@@ -72,8 +74,8 @@ class GKDUpdate(GKDSpec, TeacherUpdate):
         common, _, stats = self.behaviour(batch)
         _, _, teacher = teacher_logprobs(self.env, batch, self.cfg.micro_batch_size, keep_head=True)
         prep = TeacherPrepared(old_logprobs=common.old_logprobs, ref_logprobs=common.ref_logprobs, entropy=common.entropy,
-                               adv_sampled=torch.zeros_like(common.old_logprobs),  # no advantages: every token is "pos"
-                               teacher_head=teacher)
+                               adv_sampled=torch.zeros_like(common.ref_logprobs),  # no advantages: every token is "pos"
+                               teacher_head=teacher, forward=common.forward)
         return prep, stats
 
     def micro_loss(self, batch, view: MicroBatch, prep: TeacherPrepared, norm: Normaliser, part="all", stats=False):
@@ -103,6 +105,9 @@ class MiniLLMUpdate(MiniLLMSpec, TeacherUpdate):
             raise ConfigError("train.algo=minillm: teacher-mixed sampling needs train.rollout.engine=hf")
         # the single-step term runs through the chunked engine; the PG part uses the loss class
         self.pg = MiniLLM(dataclasses.replace(self.algo.config, single_step_reg=False))
+
+    def behaviour_from_training_forward(self) -> bool:
+        return False  # the rewards r_t and mix weights need log π_old for the whole batch before any loss
 
     def collect(self, sampler, step, examples):
         alpha = self.algo.config.teacher_mix_alpha

@@ -62,6 +62,11 @@ class LCOUpdate(LCOSpec, Update):
     is the mean over all response tokens of the minibatch.
     """
 
+    def behaviour_from_training_forward(self) -> bool:
+        # A top-k support is the behaviour policy's top k: the sampled-token advantage (split parts,
+        # telemetry) needs z_old in `prepare`, before any training forward.
+        return super().behaviour_from_training_forward() and not self.cfg.advantage_topk
+
     @torch.no_grad()
     def prepare(self, batch):
         cfg = self.cfg
@@ -78,8 +83,8 @@ class LCOUpdate(LCOSpec, Update):
         stats["advantage_mean"] = global_mean(self.env, adv_sampled)
         stats["advantage_pos_frac"] = global_mean(self.env, (adv_sampled >= 0).float())
         prep = LCOPrepared(old_logprobs=common.old_logprobs, ref_logprobs=common.ref_logprobs, entropy=common.entropy,
-                           adv_sampled=adv_sampled, old_head=old_head if multi_step else None, phi_head=phi_head,
-                           ref_head=ref_head if cfg.advantage == "dpo" else None, seq_adv=seq_adv)
+                           adv_sampled=adv_sampled, forward=common.forward, old_head=old_head if multi_step else None,
+                           phi_head=phi_head, ref_head=ref_head if cfg.advantage == "dpo" else None, seq_adv=seq_adv)
         return prep, stats
 
     def _advantage_heads(self, batch) -> tuple[VocabHead, VocabHead | None]:
@@ -125,4 +130,4 @@ class LCOUpdate(LCOSpec, Update):
                                 chunk_size=self.env.chunk_size, old=prep.old_head, advantage=cfg.advantage,
                                 rm=prep.phi_head, ref=prep.ref_head, sampled_ids=mb.sampled_ids, seq_adv=seq_adv,
                                 center=cfg.advantage_center, clip=cfg.advantage_clip, topk=cfg.advantage_topk,
-                                support=cfg.advantage_support, stats=stats)
+                                support=cfg.advantage_support, stats=stats, tokens=prep.forward)

@@ -44,6 +44,12 @@ def padded(values: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch
     return out.masked_scatter(mask.to(values.device), values)
 
 
+def old_logprobs(prep: Prepared, logprobs: torch.Tensor) -> torch.Tensor:
+    """log π_old(a_t): the behaviour pass's, or — one optimizer step per batch, no behaviour pass — the
+    training forward's own, detached: the ratio π_θ/π_old is 1 in value and keeps its gradient (TRL 1.16)."""
+    return prep.old_logprobs if prep.old_logprobs is not None else logprobs.detach()
+
+
 def by_group(fn, values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """Apply a loss class's grouped function (it expects each prompt's G samples adjacent) to a
     batch whose rows may be in any order (the loop shuffles rows for minibatches)."""
@@ -95,14 +101,14 @@ class PolicyGradientUpdate(Update):
         stats["advantage_abs_mean"] = global_mean(self.env, adv.abs())
         stats["advantage_pos_frac"] = global_mean(self.env, (adv >= 0).float())
         prep = self.prepared_cls(old_logprobs=common.old_logprobs, ref_logprobs=common.ref_logprobs, entropy=common.entropy,
-                                 adv_sampled=adv, **extra)
+                                 adv_sampled=adv, forward=common.forward, **extra)
         return prep, stats
 
     # ---- loss
 
     def loss_inputs(self, mb, prep: Prepared, logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Flat [n] inputs of the loss class besides logprobs/advantages (PPO adds its values)."""
-        return {"old_logprobs": prep.old_logprobs, "ref_logprobs": prep.ref_logprobs}
+        return {"old_logprobs": old_logprobs(prep, logprobs), "ref_logprobs": prep.ref_logprobs}
 
     def mask_part(self, inputs: dict, keep: torch.Tensor, logprobs: torch.Tensor, part: str) -> dict:
         """Inputs for one split-telemetry part: no value, no gradient from the other part's tokens."""
@@ -115,7 +121,7 @@ class PolicyGradientUpdate(Update):
     def micro_loss(self, batch, view: MicroBatch, prep: Prepared, norm: Normaliser, part: str = "all", stats: bool = False):
         mb = batch.subset(view.rows)
         head = policy_head(self.env, mb)
-        logprobs = chunked_selective_logprobs(head, mb.sampled_ids, self.env.chunk_size)
+        logprobs = chunked_selective_logprobs(head, mb.sampled_ids, self.env.chunk_size, tokens=prep.forward)
         mask = response_mask(batch.response_len[view.rows].to(logprobs.device))
         inputs = self.loss_inputs(mb, prep, logprobs)
         inputs["advantages"] = prep.adv_sampled

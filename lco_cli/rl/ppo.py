@@ -70,6 +70,9 @@ class PPOUpdate(PPOSpec, PolicyGradientUpdate):
         self.value, self.value_opt = env.accelerator.prepare(value, value_opt)
         self.value_params = [q for q in self.value.parameters() if q.requires_grad]
 
+    def behaviour_from_training_forward(self) -> bool:
+        return False  # the KL-shaped token rewards need log π_old before any loss, whatever the epochs
+
     def _values(self, mb) -> torch.Tensor:
         return flat(self.value(input_ids=mb.input_ids, attention_mask=mb.attention_mask), mb.targets)
 

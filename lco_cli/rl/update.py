@@ -5,7 +5,9 @@ Per rollout batch the train loop calls
 * `prepare(batch) -> (Prepared, stats)` — once, no grad: behaviour-policy quantities (log-probs,
   entropy, the frozen hidden states when the batch serves several optimizer steps), reference
   log-probs, the RM's hidden states for dense advantages, advantages. `Prepared` is a frozen
-  dataclass of the algorithm; `Prepared.take(view)` slices it for one micro-batch.
+  dataclass of the algorithm; `Prepared.take(view)` slices it for one micro-batch. With one
+  optimizer step per batch there is no behaviour pass: the training forward fills
+  `Prepared.forward`, and `forward_stats(prep)` (after the update) gives the behaviour telemetry.
 * `micro_loss(batch, view, prepared, norm, part)` — with grad, per micro-batch: the loss already
   scaled by the explicit `Normaliser` so that the sum over micro-batches and processes is the batch
   objective (DDP averages over processes, so each process scales by the world size).
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from lco_cli.engines.chunked import VocabHead, chunked_entropy_and_logprobs
+from lco_cli.engines.chunked import TokenTelemetry, VocabHead, chunked_entropy_and_logprobs
 from lco_cli.engines.sharding import full_weight
 from lco_cli.rl.spec import AlgoSpec
 
@@ -175,6 +177,10 @@ class Prepared:
     ref_logprobs: torch.Tensor = per_token()  # log π_ref(a_t): the initial policy
     entropy: torch.Tensor = per_token()       # H(π_old(·|s_t))
     adv_sampled: torch.Tensor = per_token()   # A(s_t, a_t): its sign picks the split-telemetry part
+    #: one optimizer step per batch (π_old = π_θ when the loss runs): no behaviour pass, `old_logprobs`
+    #: and `entropy` are None and the training forward writes them here (views: a micro-batch's slice
+    #: writes into the whole batch's buffers); `Update.forward_stats` reads them after the update.
+    forward: TokenTelemetry = per_token()
 
     def take(self, view: MicroBatch) -> "Prepared":
         """This hand-off restricted to one micro-batch (shared weights are not copied)."""
@@ -243,11 +249,25 @@ class Update(AlgoSpec):
 
     # ---- prepare
 
+    def behaviour_from_training_forward(self) -> bool:
+        """Whether the training forward stands in for the behaviour pass: with one optimizer step per
+        rollout batch (1 epoch × 1 minibatch) π_old = π_θ when the loss runs, so log π_old(a_t) is the
+        training forward's detached log π_θ(a_t) (ratio 1 in value, its gradient intact) and a no-grad
+        policy pass would compute the same numbers again (TRL's GRPOTrainer skips it the same way).
+        Algorithms that need π_old before the loss (PPO's KL-shaped rewards, MiniLLM's rewards) say no."""
+        return self.cfg.update_epochs == 1 and self.cfg.minibatches == 1
+
     @torch.no_grad()
     def behaviour(self, batch: "RolloutBatch", keep_hidden: bool = False) -> tuple[Prepared, VocabHead | None, dict[str, float]]:
         """Per-token behaviour log-prob/entropy and reference log-prob for the whole batch, the
         behaviour policy's frozen head (when the batch serves several optimizer steps and the
-        algorithm `keeps_old_head`, or when asked), and the common telemetry (entropy, sampled_prob, kl_ref)."""
+        algorithm `keeps_old_head`, or when asked), and the common telemetry (entropy, sampled_prob, kl_ref).
+
+        When `behaviour_from_training_forward()` (and no frozen head is asked for) only the reference
+        runs here: `old_logprobs`/`entropy` stay None, `forward` holds the buffers the training forward
+        fills, and the common telemetry comes from `forward_stats` after the update instead."""
+        if self.behaviour_from_training_forward() and not keep_hidden:
+            return self._reference_only(batch), None, {}
         cs = self.env.chunk_size
         old_lp, ent, ref_lp, hidden_old = [], [], [], []
         keep_old = keep_hidden or (self.keeps_old_head and (self.cfg.update_epochs > 1 or self.cfg.minibatches > 1))
@@ -257,7 +277,7 @@ class Update(AlgoSpec):
             e, lp = chunked_entropy_and_logprobs(head, mb.sampled_ids, cs)
             old_lp.append(lp)
             ent.append(e)
-            ref_lp.append(chunked_entropy_and_logprobs(frozen_head(self.env.reference, mb, self.env.vocab), mb.sampled_ids, cs)[1])
+            ref_lp.append(self._reference_logprobs(mb))
             if keep_old:
                 hidden_old.append(head.hidden)
         old_head = None
@@ -266,6 +286,29 @@ class Update(AlgoSpec):
             old_head = VocabHead(torch.cat(hidden_old), w.detach().clone(), None if b is None else b.detach().clone())
         common = Prepared(old_logprobs=torch.cat(old_lp), ref_logprobs=torch.cat(ref_lp), entropy=torch.cat(ent))
         return common, old_head, self.common_stats(common)
+
+    def _reference_logprobs(self, mb: "RolloutBatch") -> torch.Tensor:
+        """log π_ref(a_t) of a micro-batch. The reference runs every step even where no loss term needs it
+        (β_KL = 0, LCO): `kl_ref` is the one drift measure common to every algorithm (docs/scale.md)."""
+        head = frozen_head(self.env.reference, mb, self.env.vocab)
+        return chunked_entropy_and_logprobs(head, mb.sampled_ids, self.env.chunk_size)[1]
+
+    @torch.no_grad()
+    def _reference_only(self, batch: "RolloutBatch") -> Prepared:
+        ref_lp = torch.cat([self._reference_logprobs(batch.subset(rows))
+                            for rows in row_chunks(batch.size, self.cfg.micro_batch_size)])
+        # telemetry buffers in the loss dtype (≥ float32, as ref_lp); not from head_of: under FSDP that gathers
+        forward = TokenTelemetry.empty(ref_lp.shape[0], ref_lp.dtype, ref_lp.device)
+        return Prepared(ref_logprobs=ref_lp, forward=forward)
+
+    def forward_stats(self, prep: Prepared) -> dict[str, float]:
+        """The common telemetry (`entropy`, `sampled_prob`, `kl_ref`) read off the training forward, for a
+        batch whose `prepare` skipped the behaviour pass; {} otherwise (`prepare` logged it). Called by the
+        loop after the batch's update on every process (global means are collective)."""
+        if prep.forward is None:
+            return {}
+        return self.common_stats(Prepared(old_logprobs=prep.forward.logprobs, ref_logprobs=prep.ref_logprobs,
+                                          entropy=prep.forward.entropy))
 
     def common_stats(self, prep: Prepared) -> dict[str, float]:
         old, ref = prep.old_logprobs, prep.ref_logprobs
