@@ -83,13 +83,13 @@ def generate_responses(job: EvalJob, benchmark: str, items: list[Prompted]) -> l
     generations file of an interrupted eval (resume) for the items it already holds, and the
     partial file of an interrupted generation pass for the rest."""
     from lco_cli.engines.generation import encode_prompts
-    from lco_cli.evals.partial import Partial, generate_resumable
+    from lco_cli.evals.partial import Partial, generate_resumable, partial_path
 
     path = generations_path(job, benchmark)
     done = read_generations(path) if job.resume else {}
     todo = [it for it in items if it.id not in done]
     if todo:
-        partial = job.partial or Partial(job.out_dir / f"{benchmark}.partial.json", "", None)
+        partial = job.partial or Partial(partial_path(job.out_dir, benchmark), "", None)
         prompts = [chat_prompt(it.prompt, job.policy.tokenizer) for it in todo]
 
         def finish(chunk: range, roll) -> list[str]:

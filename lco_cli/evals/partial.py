@@ -121,6 +121,8 @@ def generate_resumable(engine, prompt_ids: list[list[int]], n: int, cfg, seed: i
     prompt, which the partial file keeps.
 
     With checkpoints off, one chunk holds every prompt (the engine call the eval always made)."""
+    # the exact prompts too: a data file, tokenizer or template changed under the same config starts over
+    partial.identity = unit_identity(unit=partial.identity, prompts=prompt_ids)
     results, rng = partial.load(resume)
     if rng is None:
         torch.manual_seed(seed)
