@@ -87,18 +87,70 @@ def test_quiet_run_with_tensorboard_events(fast_preset, workdir):
     assert [e.step for e in events.Scalars("loss")] == [1, 2]
 
 
-def test_tracker_without_its_package_is_exit_2(runner):
+def test_tracker_without_its_package_is_exit_2(runner, monkeypatch):
     import importlib.util
 
     from conftest import invoke
 
-    missing = [t for t in ("wandb", "tensorboard") if importlib.util.find_spec(t) is None]
-    if not missing:
-        import pytest
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))  # as if uninstalled
+    res = invoke(runner, "validate", "tiny", "logging.report_to=[wandb]")
+    assert res.exit_code == 2 and "logging.report_to: 'wandb' needs its package" in res.output
 
-        pytest.skip("every tracker package is installed here")
-    res = invoke(runner, "validate", "tiny", f"logging.report_to=[{missing[0]}]")
-    assert res.exit_code == 2 and f"logging.report_to: '{missing[0]}' needs its package" in res.output
+
+def wandb_records(path):
+    """The protobuf records of a `.wandb` transaction log (wandb 0.2x+ ships no Python reader): a
+    7-byte header, then LevelDB-log framing, 32 KiB blocks of [crc32, length, type] chunks."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    raw, pos, pending, block = path.read_bytes(), 7, b"", 32768
+    assert raw[:4] == b":W&B"
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        data, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
+        pending = data if kind in (1, 2) else pending + data  # FULL / FIRST start a record, MIDDLE / LAST extend it
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def item_key(item) -> str:
+    """A history / config item's key (wandb-core stores some as `nested_key` path parts)."""
+    return item.key or "/".join(item.nested_key)
+
+
+def test_wandb_offline_run_holds_the_metrics_and_the_config(fast_preset, workdir):
+    """`logging.report_to: [wandb]` through accelerate's tracker with the real wandb, offline (no network,
+    no key): the run's history has metrics.jsonl's steps and values, its config the resolved preset."""
+    import pytest
+
+    pytest.importorskip("wandb")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}, "OMP_NUM_THREADS": "1",
+           "WANDB_MODE": "offline", "WANDB_CONFIG_DIR": str(workdir / "wb"), "WANDB_CACHE_DIR": str(workdir / "wb"),
+           "WANDB_DATA_DIR": str(workdir / "wb")}
+    proc = subprocess.run([sys.executable, "-m", "lco_cli", "sft", str(fast_preset), "--run-dir", "r", "sft.max_steps=2",
+                           "sft.eval_problems=0", "logging.report_to=[wandb]"], capture_output=True, text=True, check=False,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [log] = (workdir / "r/sft/wandb").glob("offline-run-*/run-*.wandb")
+    records = list(wandb_records(log))
+    [run] = [r.run for r in records if r.HasField("run")]
+    assert (run.project, run.display_name, run.run_group, run.job_type) == ("fast", "fast-sft", "fast", "sft")
+    history = {r.history.step.num: {item_key(i): json.loads(i.value_json) for i in r.history.item}
+               for r in records if r.HasField("history")}
+    metrics = [json.loads(line) for line in (workdir / "r/sft/metrics.jsonl").read_text().splitlines()]
+    assert sorted(history) == [row["step"] for row in metrics] == [1, 2]
+    for row in metrics:
+        logged = {k: v for k, v in history[row["step"]].items() if not k.startswith("_")}  # _step, _runtime: wandb's own
+        assert logged == {k: v for k, v in row.items() if k != "step"}
+    config = {item_key(i): json.loads(i.value_json) for r in records if r.HasField("config") for i in r.config.update}
+    assert config["name"] == "fast" and config["sft.max_steps"] == 2 and config["sft.lr"] == 3e-3 and config["seed"] == 0
 
 
 def test_eta_through_the_cli_on_a_pty(fast_preset, workdir):

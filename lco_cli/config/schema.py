@@ -294,6 +294,7 @@ class EvalConfig:
     limit: Optional[int] = F(None, doc="Evaluate at most this many problems per benchmark.", gt=0)
     data: dict[str, str] = F(doc="Local files per benchmark name (same schema as the hub dataset).", factory=dict)
     verify_timeout: float = F(5.0, doc="Seconds per answer check before it counts as wrong.", gt=0)
+    checkpoint_every_minutes: Optional[float] = F(None, doc="Also save the finished problems of the benchmark being generated when this many minutes passed since the last save; a resumed eval continues from them (long benchmarks, preemptible jobs).", gt=0)
     judge: JudgeConfig = F(doc="AlpacaEval 2.0 judge endpoint.", factory=JudgeConfig)
     reward_models: dict[str, str] = F(doc="Sequence-classification reward models for the `reward` benchmark: {name: path or hub id}.", factory=dict)
     qa_feedback: QAFeedbackConfig = F(doc="The `qa_feedback` benchmark's reward models.", factory=QAFeedbackConfig)

@@ -3,7 +3,8 @@ its output folder; plus the one-response-per-prompt generation those benchmarks 
 
 Generations are written to `eval/samples/<policy>/<benchmark>.generations.jsonl` as soon as they
 exist, so an eval interrupted later (a judge outage, a crash while scoring) resumes without
-generating again.
+generating again; with `eval.checkpoint_every_minutes` an interrupted generation pass resumes from
+its partial file (`lco_cli.evals.partial`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class EvalJob:
     run_dir: Path          # the run directory (the judge cache lives there)
     seed: int
     resume: bool
+    partial: Any = None    # the unit's `evals.partial.Partial` (eval.checkpoint_every_minutes); None: no checkpoints
 
 
 @dataclass
@@ -78,30 +80,33 @@ def read_generations(path: Path) -> dict[str, str]:
 
 def generate_responses(job: EvalJob, benchmark: str, items: list[Prompted]) -> list[str]:
     """One response per item, with `eval.temperature` / `top_p` / `max_new_tokens`; reuses the
-    generations file of an interrupted eval (resume) for the items it already holds."""
-    import torch
-
+    generations file of an interrupted eval (resume) for the items it already holds, and the
+    partial file of an interrupted generation pass for the rest."""
     from lco_cli.engines.generation import encode_prompts
+    from lco_cli.evals.partial import Partial, generate_resumable, partial_path
 
     path = generations_path(job, benchmark)
     done = read_generations(path) if job.resume else {}
     todo = [it for it in items if it.id not in done]
     if todo:
-        cfg = job.settings
+        partial = job.partial or Partial(partial_path(job.out_dir, benchmark), "", None)
         prompts = [chat_prompt(it.prompt, job.policy.tokenizer) for it in todo]
-        torch.manual_seed(job.seed)
-        roll = job.policy.engine.generate(encode_prompts(job.policy.tokenizer, prompts), 1, temperature=cfg.temperature,
-                                          top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-        texts = [""] * len(todo)
-        truncated = [False] * len(todo)
-        for g, text, trunc in zip(roll.group, roll.texts, roll.truncated):
-            texts[g], truncated[g] = text, trunc
+
+        def finish(chunk: range, roll) -> list[str]:
+            texts = [""] * len(chunk)
+            for g, text in zip(roll.group, roll.texts):
+                texts[g] = text
+            return texts
+
+        texts = generate_resumable(job.policy.engine, encode_prompts(job.policy.tokenizer, prompts), 1, job.settings,
+                                   job.seed, partial, job.resume, finish)
         for it, text in zip(todo, texts):
             done[it.id] = text
         job.out_dir.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps({"id": it.id, "instruction": it.prompt, "generation": done[it.id]}) for it in items
                  if it.id in done]
         atomic_write_text(path, "\n".join(lines) + "\n")
+        partial.remove()  # the generations file holds them all now
     return [done[it.id] for it in items]
 
 

@@ -30,6 +30,8 @@ from lco_cli.tasks.vocab import shared_vocab_size, trim_logits
 from lco_cli.runtime.training import stage_run
 from lco_cli.commands.common import Context
 from lco_cli.evals.job import EvalJob, PolicyHandle
+from lco_cli.evals.partial import Partial, generate_resumable, partial_path, unit_identity
+from lco_cli.runtime.stage import stage_config_hash
 
 
 #: A policy under evaluation (the handle benchmarks receive).
@@ -113,14 +115,24 @@ def summarize(policy: str, benchmark: str, verdicts: list[list[bool]], k: int) -
 
 def evaluate_pair(pol: Policy, bench, name: str, ctx: Context, out_dir: Path, resume: bool) -> list[dict]:
     """The result rows of one policy on one benchmark; written to `<benchmark>.summary.json` last,
-    which marks the pair finished for a resumed eval."""
+    which marks the pair finished for a resumed eval (and makes its partial file useless)."""
+    partial = unit_partial(pol, name, ctx, out_dir)
     if hasattr(bench, "evaluate"):
-        job = EvalJob(pol, ctx.preset.eval, ctx.preset.eval.data.get(name), out_dir, ctx.run.path, ctx.preset.seed, resume)
+        job = EvalJob(pol, ctx.preset.eval, ctx.preset.eval.data.get(name), out_dir, ctx.run.path, ctx.preset.seed, resume,
+                      partial)
         rows = bench.evaluate(job)
     else:
-        rows = [evaluate_pass_at_1(pol, bench, name, ctx, out_dir)]
+        rows = [evaluate_pass_at_1(pol, bench, name, ctx, out_dir, partial, resume)]
     atomic_write_json(out_dir / f"{name}.summary.json", rows)
+    partial.remove()
     return rows
+
+
+def unit_partial(pol: Policy, name: str, ctx: Context, out_dir: Path) -> Partial:
+    """The unit's partial file, tied to the eval stage's identity and this policy and benchmark."""
+    identity = unit_identity(stage=stage_config_hash(ctx.preset, "eval"), policy=pol.name, model=pol.model_ref,
+                             benchmark=name)
+    return Partial(partial_path(out_dir, name), identity, ctx.preset.eval.checkpoint_every_minutes)
 
 
 def read_summary(path: Path) -> list[dict]:
@@ -129,24 +141,25 @@ def read_summary(path: Path) -> list[dict]:
     return rows if isinstance(rows, list) else [rows]
 
 
-def evaluate_pass_at_1(pol: Policy, bench, name: str, ctx: Context, out_dir: Path) -> dict:
+def evaluate_pass_at_1(pol: Policy, bench, name: str, ctx: Context, out_dir: Path, partial: Partial, resume: bool) -> dict:
     cfg = ctx.preset.eval
     problems = load_problems(bench, name, ctx)
     prompts = [bench.prompt(pr, pol.tokenizer) for pr in problems]
-    torch.manual_seed(ctx.preset.seed)
-    roll = pol.engine.generate(encode_prompts(pol.tokenizer, prompts), cfg.samples, temperature=cfg.temperature,
-                               top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    expanded = [problems[g] for g in roll.group]
-    checks = bench.check(expanded, roll.texts, timeout=cfg.verify_timeout)
-    verdicts: list[list[bool]] = [[] for _ in problems]
-    lines = []
-    for j, (g, text, (extracted, ok)) in enumerate(zip(roll.group, roll.texts, checks)):
-        verdicts[g].append(bool(ok))
-        pr = problems[g]
-        lines.append(json.dumps({"id": pr.id, "sample": j % cfg.samples, "prompt": prompts[g], "generation": text,
-                                 "extracted": extracted, "answer": pr.answer, "correct": bool(ok),
-                                 "truncated": roll.truncated[j]}))
-    atomic_write_text(out_dir / f"{name}.jsonl", "\n".join(lines) + "\n")
+
+    def finish(chunk: range, roll) -> list[list[dict]]:
+        """The chunk's checked sample rows, per problem (what the partial file keeps)."""
+        checks = bench.check([problems[chunk[g]] for g in roll.group], roll.texts, timeout=cfg.verify_timeout)
+        rows: list[list[dict]] = [[] for _ in chunk]
+        for g, text, trunc, (extracted, ok) in zip(roll.group, roll.texts, roll.truncated, checks):
+            pr = problems[chunk[g]]
+            rows[g].append({"id": pr.id, "sample": len(rows[g]), "prompt": prompts[chunk[g]], "generation": text,
+                            "extracted": extracted, "answer": pr.answer, "correct": bool(ok), "truncated": trunc})
+        return rows
+
+    per_problem = generate_resumable(pol.engine, encode_prompts(pol.tokenizer, prompts), cfg.samples, cfg, ctx.preset.seed,
+                                     partial, resume, finish)
+    verdicts = [[r["correct"] for r in rows] for rows in per_problem]
+    atomic_write_text(out_dir / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for rows in per_problem for r in rows))
     return summarize(pol.name, name, verdicts, cfg.samples)
 
 

@@ -314,6 +314,8 @@ def _interrupted(exc: KeyboardInterrupt, sd: StageDir) -> Interrupted:
     where = f"'{sd.name}'" + (" (a rerun in its staging area; the finished output is untouched)" if sd.staged else "")
     if ck is not None:
         note = f"stage {where} stopped; the next run resumes from its checkpoint {ck.name}"
+    elif any(sd.path.glob("samples/*/*.partial.json")):  # eval.checkpoint_every_minutes (evals.partial)
+        note = f"stage {where} stopped; the next run resumes from its finished results and partial files"
     else:
         note = f"stage {where} stopped before its first checkpoint; the next run starts it again from step 0"
     return Interrupted(signum, note)

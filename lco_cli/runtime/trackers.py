@@ -2,6 +2,9 @@
 Weights & Biases through accelerate's tracker classes, on the main process only."""
 from __future__ import annotations
 
+import os
+import re
+
 from lco_cli.errors import ConfigError
 from lco_cli.runtime.rundir import StageDir
 
@@ -10,11 +13,18 @@ def _numeric(row: dict) -> dict:
     return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
 
 
+def wandb_project(run_name: str) -> str:
+    """The W&B project: $WANDB_PROJECT when set (wandb.init's explicit project would override it),
+    else the preset name with the characters W&B refuses in project names replaced."""
+    return os.environ.get("WANDB_PROJECT") or re.sub(r"[/\\#?%:]", "-", run_name)
+
+
 def open_trackers(sd: StageDir, report_to: list[str], run_name: str, config: dict) -> list:
     """Start the trackers and route `sd.metrics` rows to them; returns them for `close_trackers`.
 
-    TensorBoard writes event files under `<stage>/tensorboard/`; wandb follows its own environment
-    (WANDB_MODE=offline works without a network)."""
+    TensorBoard writes event files under `<stage>/tensorboard/`; wandb writes under `<stage>/wandb/`
+    (run `<preset>-<stage>` in group `<preset>`) and follows its own environment (WANDB_MODE=offline
+    works without a network or key)."""
     trackers = []
     for name in report_to:
         try:
@@ -25,7 +35,9 @@ def open_trackers(sd: StageDir, report_to: list[str], run_name: str, config: dic
             else:
                 from accelerate.tracking import WandBTracker
 
-                tracker = WandBTracker(run_name=f"{run_name}/{sd.name}", dir=str(sd.path))
+                # accelerate passes `run_name` to wandb.init as the project, which may not hold '/'
+                tracker = WandBTracker(run_name=wandb_project(run_name), dir=str(sd.path), name=f"{run_name}-{sd.name}",
+                                       group=run_name, job_type=sd.name)
             tracker.start()  # accelerate imports the tracker's package here
         except ImportError as exc:
             raise ConfigError(f"logging.report_to: '{name}' needs its package ({exc.name}): pip install {name}") from None
