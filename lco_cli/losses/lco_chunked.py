@@ -66,6 +66,8 @@ def dense_advantage_chunk(
     φ_ref are needed: centring over the support cancels both log-softmax normalisers, so
     ``A = (z_φ − z_ref)[support] − mean_support(z_φ − z_ref)``. That skips the two full-vocabulary
     projections (5 → 3 [c, V]-sized matmuls per chunk, like a sampled-token loss) with the same result.
+    Centring over the full vocabulary cancels them as well: ``A = (z_φ − z_ref) − mean_V(z_φ − z_ref)``, with
+    ``z_ref`` subtracted inside its matmul — no log-softmax passes and no second ``[c, V]`` buffer.
     ``z_old`` (the behaviour logits) is needed only for a top-k support; the result has its dtype.
     """
     if topk is not None and z_old is None:
