@@ -87,15 +87,24 @@ class VocabHead:
 
 
 def fold_logit_grad(g: Tensor, h: Tensor, weight: Tensor, sl: slice, grad_h: Tensor | None, grad_w: Tensor | None,
-                    grad_b: Tensor | None) -> None:
+                    grad_b: Tensor | None, row_weights: Tensor | None = None, *, first: bool = False) -> None:
     """Fold a chunk's logit gradient ``g = ∂L/∂z`` ``[c, V]`` (weight dtype) into the gradients of the
-    hidden rows ``sl`` (``g W``), the weight (``gᵀ h``) and the bias (``Σ_t g``) — those that are wanted."""
+    hidden rows ``sl`` (``g W``), the weight (``gᵀ h``) and the bias (``Σ_t g``) — those that are wanted.
+
+    ``row_weights [c]``: fold ``diag(w) g`` instead, scaling the small ``[c, H]`` / ``[c]`` operands rather than
+    the ``[c, V]`` gradient. ``first``: ``grad_w`` is uninitialised and is set, not accumulated (saves zeroing it)."""
+    w = None if row_weights is None else row_weights.to(h.dtype).unsqueeze(-1)
     if grad_h is not None:
-        grad_h[sl] = (g @ weight).to(grad_h.dtype)
+        gh = g @ weight
+        grad_h[sl] = (gh if w is None else gh.mul_(w)).to(grad_h.dtype)
     if grad_w is not None:
-        grad_w.addmm_(g.t(), h)
+        hw = h if w is None else h * w
+        if first:
+            torch.mm(g.t(), hw, out=grad_w)
+        else:
+            grad_w.addmm_(g.t(), hw)
     if grad_b is not None:
-        grad_b += g.sum(0).to(grad_b.dtype)
+        grad_b += (g.sum(0) if w is None else w.squeeze(-1).to(g.dtype) @ g).to(grad_b.dtype)
 
 
 @dataclass
@@ -227,8 +236,9 @@ class _ChunkLoop:
         cdtype = compute_dtype(weight.dtype)
         total = torch.zeros((), dtype=cdtype, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None  # every row is written once
-        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_w = torch.empty_like(weight) if need_w else None  # set by the first chunk's fold
         grad_b = torch.zeros_like(bias) if need_b else None
+        first = True
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             for sl in token_chunks(hidden.shape[0], self.chunk_size):
                 tgt = self.targets_for(sl)  # before z: its temporaries are gone when z exists
@@ -248,10 +258,13 @@ class _ChunkLoop:
                 del z
                 if not any(needs):
                     continue
-                g = grad.mul_(w.unsqueeze(-1)).to(weight.dtype)  # dL/dz for L = Σ w_t ℓ_t
+                g = grad.to(weight.dtype)  # dL/dz = diag(w) g for L = Σ w_t ℓ_t: w is folded in on the [c, H] side
                 del grad
-                fold_logit_grad(g, h, weight, sl, grad_h, grad_w, grad_b)
+                fold_logit_grad(g, h, weight, sl, grad_h, grad_w, grad_b, w, first=first)
+                first = False
                 del g
+        if grad_w is not None and first:  # no tokens
+            grad_w.zero_()
         return total, (grad_h, grad_w, grad_b)
 
 

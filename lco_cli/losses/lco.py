@@ -76,6 +76,11 @@ class LCOObjective:
 
     name: str = ""
 
+    def __init__(self, *, overwrite_target: bool = False) -> None:
+        #: ``loss_and_grad`` may use ``z_star``'s storage as scratch (its values are then lost): set by
+        #: callers that build z* per chunk and drop it after the call (the chunked loss), to save a buffer.
+        self.overwrite_target = overwrite_target
+
     def token_loss(self, z: Tensor, z_star: Tensor) -> Tensor:  # pragma: no cover - abstract
         """Per-token loss ``[...]`` (no reduction over tokens), differentiable in ``z``."""
         raise NotImplementedError
@@ -164,25 +169,32 @@ class LCOKLD(LCOObjective):
 
     def loss_and_grad(self, z: Tensor, z_star: Tensor, need_grad: bool = True) -> tuple[Tensor, Tensor | None]:
         z = z.detach()
-        log_p_star = torch.log_softmax(z_star, dim=-1).clamp_(min=torch.finfo(z_star.dtype).min)
-        p_star = log_p_star.exp()
-        neg_entropy_star = _rowdot(p_star, log_p_star)
-        del log_p_star
-        # Σ π*(log π* − log π_θ) with log π_θ = z − lse(z): −H(π*) − Σ π* z + lse(z) Σ π*
-        loss = neg_entropy_star - _rowdot(p_star, z) + torch.logsumexp(z, dim=-1) * p_star.sum(-1)
-        # eq. 47, π_θ − π*. π_θ goes through the very ops that made π* so that z = z* gives an exact
-        # zero: rounding noise (~1e-9) would otherwise become lr-sized steps under Adam's scaling.
-        grad = torch.log_softmax(z, dim=-1).clamp_(min=torch.finfo(z.dtype).min).exp_().sub_(p_star) if need_grad else None
+        fmin = torch.finfo(z_star.dtype).min
+        # log π* (clamped: π* = 0 where z* = −inf, and 0·finite = 0, not nan); one fresh [..., V] buffer.
+        log_p_star = torch.log_softmax(z_star, dim=-1).clamp_(min=fmin)
+        # π* into z*'s storage when the caller hands it over (the chunked loss does): no second buffer.
+        p_star = torch.exp(log_p_star, out=z_star) if self.overwrite_target else log_p_star.exp()
+        # Σ π*(log π* − log π_θ) = Σ π* log π* − Σ π* log π_θ; log π* is not needed afterwards, so the
+        # product goes in place and log π_θ reuses its buffer.
+        neg_entropy_star = log_p_star.mul_(p_star).sum(-1)
+        same = log_p_star.shape == z.shape and log_p_star.dtype == z.dtype
+        log_p = torch.log_softmax(z, dim=-1, out=log_p_star) if same else torch.log_softmax(z, dim=-1)
+        loss = neg_entropy_star - _rowdot(p_star, log_p)
+        # eq. 47, π_θ − π*. π_θ goes through the very ops that made π* (log_softmax, exp) so that z = z* gives
+        # an exact zero: rounding noise (~1e-9) would otherwise become lr-sized steps under Adam's scaling.
+        # (The clamp only changes −inf entries, whose exp is 0 either way.)
+        grad = log_p.exp_().sub_(p_star) if need_grad else None
         return loss, grad
 
 
 OBJECTIVES: dict[str, type[LCOObjective]] = {"kld": LCOKLD, "mse": LCOMSE, "lch": LCOLCH}
 
 
-def get_objective(kind: str) -> LCOObjective:
-    """Instantiate the objective registered under ``kind`` ("kld", "mse" or "lch")."""
+def get_objective(kind: str, *, overwrite_target: bool = False) -> LCOObjective:
+    """Instantiate the objective registered under ``kind`` ("kld", "mse" or "lch");
+    ``overwrite_target``: see :class:`LCOObjective`."""
     try:
-        return OBJECTIVES[kind]()
+        return OBJECTIVES[kind](overwrite_target=overwrite_target)
     except KeyError:
         raise ValueError(f"unknown LCO objective {kind!r}; expected one of {sorted(OBJECTIVES)}") from None
 
@@ -204,7 +216,9 @@ def optimal_logits(old_logits: Tensor, advantages: Tensor, beta: Beta, *, inplac
     with torch.no_grad():
         beta = _beta_last(beta, old_logits)
         if inplace:
-            return advantages.div_(beta).add_(old_logits)
+            if not (isinstance(beta, float) and beta == 1.0):  # A / 1 is A exactly: skip a [c, V] pass
+                advantages.div_(beta)
+            return advantages.add_(old_logits)
         return old_logits + advantages / beta
 
 

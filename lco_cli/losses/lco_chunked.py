@@ -32,6 +32,15 @@ def _log_softmax_(z: Tensor) -> Tensor:
     return z.sub_(torch.logsumexp(z, dim=-1, keepdim=True))
 
 
+def _sub_projection_(out: Tensor, hidden: Tensor, head: VocabHead) -> Tensor:
+    """``out −= project(hidden, head)`` — inside the matmul (no second ``[c, V]`` buffer, no extra pass)
+    when the head computes in ``out``'s dtype; otherwise projected and upcast first, as :func:`project`."""
+    if head.weight.dtype != out.dtype:
+        return out.sub_(project(hidden, head.weight, head.bias))
+    out.addmm_(hidden.to(head.weight.dtype), head.weight.t(), alpha=-1)
+    return out if head.bias is None else out.sub_(head.bias)
+
+
 def _support_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor) -> Tensor:
     """Logits of the token ids ``[c, k]`` only: ``h · W[ids]ᵀ (+ b[ids])`` — O(c·k·H), not O(c·V·H)."""
     z = torch.bmm(weight[ids], hidden.to(weight.dtype).unsqueeze(-1)).squeeze(-1)
@@ -58,6 +67,8 @@ def dense_advantage_chunk(
     φ_ref are needed: centring over the support cancels both log-softmax normalisers, so
     ``A = (z_φ − z_ref)[support] − mean_support(z_φ − z_ref)``. That skips the two full-vocabulary
     projections (5 → 3 [c, V]-sized matmuls per chunk, like a sampled-token loss) with the same result.
+    Centring over the full vocabulary cancels them as well: ``A = (z_φ − z_ref) − mean_V(z_φ − z_ref)``, with
+    ``z_ref`` subtracted inside its matmul — no log-softmax passes and no second ``[c, V]`` buffer.
     ``z_old`` (the behaviour logits) is needed only for a top-k support; the result has its dtype.
     """
     if topk is not None and z_old is None:
@@ -71,9 +82,16 @@ def dense_advantage_chunk(
         if clip is not None:
             adv_k.clamp_(-float(clip), float(clip))
         return torch.zeros_like(z_old).scatter_(-1, ids, adv_k.to(z_old.dtype))
-    adv = _log_softmax_(project(rm_hidden, rm.weight, rm.bias))
-    if ref is not None:
-        adv -= _log_softmax_(project(ref_hidden, ref.weight, ref.bias))
+    if topk is None and center:
+        # Centring over the whole vocabulary cancels both log-softmax normalisers too:
+        # A = (z_φ − z_ref) − mean_V(z_φ − z_ref). No logsumexp passes (a −inf logit gives nan either way).
+        adv = project(rm_hidden, rm.weight, rm.bias)
+        if ref is not None:
+            _sub_projection_(adv, ref_hidden, ref)
+    else:
+        adv = _log_softmax_(project(rm_hidden, rm.weight, rm.bias))
+        if ref is not None:
+            adv -= _log_softmax_(project(ref_hidden, ref.weight, ref.bias))
     if z_old is not None:
         adv = adv.to(z_old.dtype)
     return dense_advantage_(adv, center=center, clip=clip, topk=topk, old_logits=z_old)
@@ -175,7 +193,8 @@ def lco_chunked_loss(
     )
     if beta_neg is not None and (beta_neg <= 0 or sampled_ids is None):
         raise ValueError("beta_neg must be > 0 and needs sampled_ids")
-    objective = get_objective(kind)
+    # z* is built per chunk and dropped after the loss: the objective may reuse its storage.
+    objective = get_objective(kind, overwrite_target=True)
     vocab = policy.vocab_size
     per_token_beta = isinstance(beta, Tensor) and beta.dim() > 0
 
