@@ -52,7 +52,9 @@ METHODS: dict[str, list[str]] = {
     "REINFORCE": ["train.algo=reinforce"],
     "PPO": ["train.algo=ppo"],
     "GRPO": ["train.algo=grpo"],
-    "DAPO": ["train.algo=dapo"],
+    # max_gen_batches=1: dynamic sampling drops zero-variance groups without refilling from fresh prompts, so
+    # DAPO samples the same 64 rollouts per step as everyone else (its default of 3 rounds doubled its budget)
+    "DAPO": ["train.algo=dapo", "train.algo_args.max_gen_batches=1"],
     "GSPO": ["train.algo=gspo"],
     "GKD": ["train.algo=gkd"],
     "MiniLLM": ["train.algo=minillm"],
@@ -84,6 +86,11 @@ TABLES: dict[str, Table] = {
                              ["GRPO", "LCO-MSE-sparse", "LCO-LCH-sparse", "LCO-KLD-sparse"], ["train.reward=verifier"],
                              tag="verifier", target="GRPO"),
 }
+
+
+#: half-decades tried, in order, when a method's best lr is the smallest / largest it has tried
+EXTEND_DOWN = (1e-6, 3e-7, 1e-7)
+EXTEND_UP = (1e-3, 3e-3)
 
 
 def key_of(table: Table, method: str) -> str:
@@ -273,13 +280,30 @@ def main(argv: list[str] | None = None) -> None:
     method_of = {k: k.split("@")[0] for k in keys}
 
     # lr selection on the validation split of the training prompts (seed 0, no test problem seen)
-    select = {(k, lr): Job(out / "select" / f"{k}-lr{lr:g}", ko + [f"train.lr={lr}", f"train.steps={select_steps}",
-                                                                   f"train.eval_problems={args.n_val}", f"train.eval_every={select_steps}", "seed=0"],
-                           evaluate=False, n_val=args.n_val)
-              for k, ko in keys.items() for lr in grid}
-    run_all(base_dir, args.base_preset, list(select.values()), args.jobs, t0)
-    selection = {k: {str(lr): rep.read_run(select[k, lr].run)["final_greedy"] for lr in grid} for k in keys}
-    lrs = {k: min(lr for lr in grid if selection[k][str(lr)] == max(selection[k].values())) for k in keys}
+    def select_job(k: str, lr: float) -> Job:
+        return Job(out / "select" / f"{k}-lr{lr:g}", keys[k] + [f"train.lr={lr}", f"train.steps={select_steps}",
+                                                                 f"train.eval_problems={args.n_val}", f"train.eval_every={select_steps}", "seed=0"],
+                   evaluate=False, n_val=args.n_val)
+
+    tried = {k: sorted(grid) for k in keys}
+    selection: dict[str, dict[str, float]] = {k: {} for k in keys}
+    lrs: dict[str, float] = {}
+    while True:
+        todo = [(k, lr) for k in keys for lr in tried[k] if str(lr) not in selection[k]]
+        if not todo:
+            break
+        run_all(base_dir, args.base_preset, [select_job(k, lr) for k, lr in todo], args.jobs, t0)
+        for k, lr in todo:
+            selection[k][str(lr)] = rep.read_run(select_job(k, lr).run)["final_greedy"]
+        for k in keys:
+            best = max(selection[k].values())
+            lrs[k] = min(lr for lr in tried[k] if selection[k][str(lr)] == best)
+            below = [x for x in EXTEND_DOWN if x < tried[k][0]]
+            above = [x for x in EXTEND_UP if x > tried[k][-1]]
+            if lrs[k] == tried[k][0] and below:  # the optimum may lie below what was tried
+                tried[k] = [below[0], *tried[k]]
+            elif lrs[k] == tried[k][-1] and above:
+                tried[k] = [*tried[k], above[0]]
 
     # the reported runs (the lr in the folder name: a new pick is a new run)
     reported = {(k, s): Job(out / "reported" / f"{k}-lr{lrs[k]:g}-s{s}", ko + [f"train.lr={lrs[k]}", f"seed={s}"]
@@ -310,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python bench/compare_algos.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": os.environ.get("OMP_NUM_THREADS"),
         "wall_min": sum(walls) / 60, "elapsed_min": (time.time() - t0) / 60, "jobs": args.jobs,
-        "seeds": seeds, "grid": grid, "lrs": lrs, "selection": selection, "n_val": args.n_val,
+        "seeds": seeds, "grid": sorted({lr for k in keys for lr in tried[k]}), "lrs": lrs, "selection": selection, "n_val": args.n_val,
         "select_steps": select_steps, "fit_epochs": args.fit_epochs, "lr_mult": args.lr_mult, "eval_problems": resolved.train.eval_problems,
         "titles": {name: t.title for name, t in tables.items()}, "keys": {name: {m: key_of(t, m) for m in t.methods} for name, t in tables.items()},
         # greedy at step 0 of a reported run: the SFT policy on the same eval_problems as every other greedy number

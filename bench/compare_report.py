@@ -158,7 +158,7 @@ def fmt(x, digits: int = 3) -> str:
 
 
 def pm(ms: tuple[float, float], digits: int = 3) -> str:
-    return f"{fmt(ms[0], digits)} ± {fmt(ms[1], digits)}"
+    return fmt(ms[0]) if math.isnan(ms[0]) else f"{fmt(ms[0], digits)} ± {fmt(ms[1], digits)}"
 
 
 def markdown(summary: dict, img_rel: str, files: list[str]) -> str:
@@ -167,11 +167,12 @@ def markdown(summary: dict, img_rel: str, files: list[str]) -> str:
          f"jobs, {summary['threads']} torch thread per run)._", "", "**Setup.** " + summary["setup"], "",
          "### Learning rates picked on the validation split", "",
          f"Greedy accuracy on {summary['n_val']} training prompts held out from RL training, after {summary['select_steps']} "
-         "steps, seed 0, for every (setting, method); ties go to the smaller lr. `@verifier` = the rule-based reward.", "",
+         "steps, seed 0, for every (setting, method); ties go to the smaller lr; a pick at the edge of what was tried adds the next "
+         "half-decade beyond it (— = not needed). `@verifier` = the rule-based reward.", "",
          "| method | " + " | ".join(f"lr {lr:g}" for lr in summary["grid"]) + " | picked |",
          "|---|" + "---|" * (len(summary["grid"]) + 1)]
     for k, accs in summary["selection"].items():
-        L.append(f"| {k} | " + " | ".join(fmt(accs.get(str(lr))) for lr in summary["grid"]) + f" | {summary['lrs'][k]:g} |")
+        L.append(f"| {k} | " + " | ".join(fmt(accs[str(lr)]) if str(lr) in accs else "—" for lr in summary["grid"]) + f" | {summary['lrs'][k]:g} |")
     sft = summary["sft"]
     for name, title in summary["titles"].items():
         tab = summary["tables"].get(name)
@@ -183,6 +184,8 @@ def markdown(summary: dict, img_rel: str, files: list[str]) -> str:
             L.append(f"| {m} | {summary['lrs'][summary['keys'][name][m]]:g} | {fmt(d['pass1_mean'])} ± "
                      f"{fmt(d['pass1_std'])} | {fmt(d['greedy_mean'])} ± {fmt(d['greedy_std'])} | {d['samples_total']:.0f} "
                      f"| {d['wall_mean_s']:.0f} s |")
+        if name != "table1" and f"compare_{name}_accuracy.png" in files:
+            L += ["", f"![accuracy vs samples, {name}]({img_rel}/compare_{name}_accuracy.png)"]
     t1 = summary["tables"].get("table1")
     if t1:
         L += fig7(t1)
