@@ -6,7 +6,7 @@ stages, a run is started, killed at a random moment once the target stage's stat
 "running" (0–`--jitter` seconds later), and restarted, until every stage has taken its share of
 the `--kills`. Each run that completes is compared with the reference:
 
-* completed runs — `lco run` exited 0 after one or more kills;
+* completed runs — `lco run` exited 0 (after kills, or because an attempt's kill did not land in time);
 * identical results — every `final/` model.safetensors byte-identical to the reference's and
   `eval/results.json` equal;
 * leftover temp files — `.tmp` / `.old` / `.swap` names or a `.<stage>.staging` folder left in the
