@@ -136,7 +136,8 @@ def counted_env(counter):
 
     def make(cfg, policy, reference, reward, *args, **kw):
         counter.watch("policy", policy)
-        counter.watch("reference", reference)
+        if reference is not None:
+            counter.watch("reference", reference)
         for name in ("rm", "ref", "model"):
             model = getattr(reward, name, None)
             if model is not None:
@@ -153,6 +154,12 @@ FORWARDS = {
     "grpo": (["train.algo=grpo"], {"policy:grad": 2, "reference:nograd": 2}),
     # β_KL = 0: no KL term, the reference still runs for the kl_ref telemetry (docs/scale.md).
     "grpo-beta0": (["train.algo=grpo", "train.algo_args.beta=0.0"], {"policy:grad": 2, "reference:nograd": 2}),
+    # ... unless kl_ref is off: then no reference is loaded at all, the count TRL 1.16 has at β = 0.
+    "grpo-beta0-nokl": (["train.algo=grpo", "train.algo_args.beta=0.0", "train.telemetry.kl_ref=false"], {"policy:grad": 2}),
+    # β_KL > 0 reads the reference in the loss: kl_ref off changes nothing.
+    "grpo-nokl": (["train.algo=grpo", "train.telemetry.kl_ref=false"], {"policy:grad": 2, "reference:nograd": 2}),
+    "lco-1x1-nokl": (["train.algo=lco", "train.minibatches=1", "train.telemetry.kl_ref=false"],
+                     {"policy:grad": 2, "rm:nograd": 2, "rm_ref:nograd": 2}),
     # LCO defaults (1 epoch × 4 minibatches): the behaviour pass keeps z_old frozen over the 4 steps.
     "lco": (["train.algo=lco"], {"policy:nograd": 2, "policy:grad": 4, "reference:nograd": 2, "rm:nograd": 2,
                                  "rm_ref:nograd": 2}),
@@ -174,6 +181,9 @@ def test_forward_passes_per_step(runner, run_dir, monkeypatch, name):
     |---|---|---|---|---|
     | GRPO 1×1, β_KL = 0.04                  | M            | 0               | M          | 0             |
     | GRPO 1×1, β_KL = 0                     | M            | 0               | M (kl_ref) | 0             |
+    | GRPO 1×1, β_KL = 0, kl_ref off          | M            | 0               | none loaded | 0            |
+    | GRPO 1×1, β_KL = 0.04, kl_ref off       | M            | 0               | M          | 0             |
+    | LCO 1×1, kl_ref off                    | M            | 0               | none loaded | M + M        |
     | GRPO 1×1 before the shortcut           | M            | M               | M          | 0             |
     | LCO defaults (1 epoch × 4 minibatches) | T            | M               | M          | M + M         |
     | LCO 1×1                                | M            | 0               | M          | M + M         |
@@ -188,4 +198,21 @@ def test_forward_passes_per_step(runner, run_dir, monkeypatch, name):
     assert res.exit_code == 0, res.output
     assert counter.calls == expected
     row = read_jsonl(run_dir / "train/metrics.jsonl")[-1]
-    assert all(k in row for k in BEHAVIOUR_KEYS)
+    no_reference = "reference:nograd" not in expected
+    assert all(k in row for k in BEHAVIOUR_KEYS if not (k == "kl_ref" and no_reference))
+    assert ("kl_ref" in row) is not no_reference  # absent, not faked, when no reference was loaded
+
+
+@pytest.mark.parametrize("algo", ["reinforce", "dapo", "gspo", "gkd", "minillm", "lco", "ppo"])
+def test_kl_ref_off_loads_no_reference_where_no_loss_reads_it(runner, run_dir, monkeypatch, algo):
+    """`train.telemetry.kl_ref: false`: the algorithms without a KL term train with no reference model in
+    memory and log no `kl_ref`; PPO (KL-shaped rewards) still loads it and logs it."""
+    seen = []
+    real = train_recipe.TrainEnv
+    monkeypatch.setattr(train_recipe, "TrainEnv", lambda cfg, policy, reference, *a, **kw: seen.append(reference) or real(cfg, policy, reference, *a, **kw))
+    spp = ["train.samples_per_prompt=2"] if algo in ("dapo", "gspo") else []
+    res = train(runner, f"train.algo={algo}", *spp, "train.steps=2", "train.telemetry.kl_ref=false")
+    assert res.exit_code == 0, res.output
+    rows = [r for r in read_jsonl(run_dir / "train/metrics.jsonl") if r.get("step", 0) > 0 and "loss" in r]
+    assert rows and all(("kl_ref" in r) is (algo == "ppo") for r in rows)
+    assert (seen[0] is None) is (algo != "ppo")

@@ -209,6 +209,9 @@ class TelemetryConfig:
 
     split_grad_norm: bool = F(False, doc="Log grad_norm_pos/neg and logit_grad_sampled/other (a second backward).")
     every: int = F(1, doc="Compute the split telemetry every N steps.", gt=0)
+    kl_ref: bool = F(True, doc="Log kl_ref, the k3 estimate of KL(π_old‖π_ref) per token. Where no loss term needs the "
+                     "reference policy (dapo, gspo, reinforce, grpo with beta 0, lco, gkd, minillm) false loads no "
+                     "reference model and skips its forward pass, as TRL does with beta 0.")
 
 
 @dataclass

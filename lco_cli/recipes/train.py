@@ -50,8 +50,10 @@ def run_train(ctx: Context) -> dict:
         tok = models.load_tokenizer(init, p.model)
         reward, adv_source = load_advantage_sources(p, ctx.run, cfg, tok, acc.device)
         policy = sharding.ready_for_fsdp(HiddenStatesLM(models.load_model(init, p.model, trainable=True)), cfg)
-        # With LoRA the reference is the policy with its adapters disabled, not a second copy.
-        reference = models.reference_for(policy) or HiddenStatesLM(models.load_model(init, p.model, trainable=False)).to(acc.device)
+        reference = None  # nothing reads π_ref: no copy in memory, no forward (train.telemetry.kl_ref: false)
+        if get_algo(cfg.algo).needs_reference(cfg):
+            # With LoRA the reference is the policy with its adapters disabled, not a second copy.
+            reference = models.reference_for(policy) or HiddenStatesLM(models.load_model(init, p.model, trainable=False)).to(acc.device)
         opt_steps = cfg.steps * cfg.update_epochs * cfg.minibatches
         opt = make_optimizer(policy, cfg.lr, cfg.weight_decay)
         sched = make_scheduler(opt, opt_steps, cfg.warmup_steps, kind="constant")

@@ -74,7 +74,7 @@ class GKDUpdate(GKDSpec, TeacherUpdate):
         common, _, stats = self.behaviour(batch)
         _, _, teacher = teacher_logprobs(self.env, batch, self.cfg.micro_batch_size, keep_head=True)
         prep = TeacherPrepared(old_logprobs=common.old_logprobs, ref_logprobs=common.ref_logprobs, entropy=common.entropy,
-                               adv_sampled=torch.zeros_like(common.ref_logprobs),  # no advantages: every token is "pos"
+                               adv_sampled=torch.zeros(int(batch.response_len.sum()), device=batch.input_ids.device),  # every token "pos"
                                teacher_head=teacher, forward=common.forward)
         return prep, stats
 

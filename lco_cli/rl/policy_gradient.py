@@ -108,7 +108,10 @@ class PolicyGradientUpdate(Update):
 
     def loss_inputs(self, mb, prep: Prepared, logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Flat [n] inputs of the loss class besides logprobs/advantages (PPO adds its values)."""
-        return {"old_logprobs": old_logprobs(prep, logprobs), "ref_logprobs": prep.ref_logprobs}
+        inputs = {"old_logprobs": old_logprobs(prep, logprobs)}
+        if prep.ref_logprobs is not None:  # None: no reference loaded (no KL term, train.telemetry.kl_ref off)
+            inputs["ref_logprobs"] = prep.ref_logprobs
+        return inputs
 
     def mask_part(self, inputs: dict, keep: torch.Tensor, logprobs: torch.Tensor, part: str) -> dict:
         """Inputs for one split-telemetry part: no value, no gradient from the other part's tokens."""

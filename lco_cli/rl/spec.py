@@ -45,6 +45,16 @@ class AlgoSpec:
         return cfg.reward == "rm"
 
     @classmethod
+    def loss_needs_reference(cls, cfg: "TrainConfig") -> bool:
+        """Whether a loss term reads log π_ref (a KL penalty): then the reference runs whatever the telemetry."""
+        return False
+
+    @classmethod
+    def needs_reference(cls, cfg: "TrainConfig") -> bool:
+        """Whether the train stage loads the reference policy: a loss term or the `kl_ref` telemetry needs it."""
+        return cfg.telemetry.kl_ref or cls.loss_needs_reference(cfg)
+
+    @classmethod
     def resolve(cls, cfg: "TrainConfig") -> "TrainConfig":
         """`cfg` with every null per-algorithm key replaced by this class's `default_<key>` (the one place)."""
         keys = ("samples_per_prompt", "update_epochs", "minibatches")

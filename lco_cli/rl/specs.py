@@ -57,6 +57,10 @@ class GRPOSpec(GroupSpec):
     def default_args(cls, cfg):
         return {"max_completion_length": cfg.rollout.max_new_tokens}  # dr_grpo's normaliser
 
+    @classmethod
+    def loss_needs_reference(cls, cfg) -> bool:
+        return cls.loss_config(cfg).beta > 0  # the k3 KL term
+
 
 @register_algo("gspo", update="lco_cli.rl.policy_gradient:GSPOUpdate")
 class GSPOSpec(GroupSpec):
@@ -84,6 +88,10 @@ class PPOSpec(AlgoSpec):
     @classmethod
     def needs_reward_model(cls, cfg) -> bool:
         return True  # the dense token rewards
+
+    @classmethod
+    def loss_needs_reference(cls, cfg) -> bool:
+        return True  # the per-token KL penalty in the shaped rewards
 
 
 class TeacherSpec(AlgoSpec):

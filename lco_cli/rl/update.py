@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from lco_cli.engines.chunked import TokenTelemetry, VocabHead, chunked_entropy_and_logprobs
+from lco_cli.engines.chunked import TokenTelemetry, VocabHead, chunked_entropy_and_logprobs, compute_dtype
 from lco_cli.engines.sharding import full_weight
 from lco_cli.rl.spec import AlgoSpec
 
@@ -79,7 +79,7 @@ class TrainEnv:
 
     cfg: "TrainConfig"
     policy: Any                 # HiddenStatesLM (possibly DDP-wrapped)
-    reference: Any              # frozen initial policy (HiddenStatesLM) for kl_ref / KL terms
+    reference: Any              # frozen initial policy (HiddenStatesLM) for kl_ref / KL terms; None when nothing reads it
     reward: Any                 # an advantage source (rl.advantage_sources) or None
     accelerator: Any
     chunk_size: int
@@ -277,28 +277,34 @@ class Update(AlgoSpec):
             e, lp = chunked_entropy_and_logprobs(head, mb.sampled_ids, cs)
             old_lp.append(lp)
             ent.append(e)
-            ref_lp.append(self._reference_logprobs(mb))
+            if self.env.reference is not None:
+                ref_lp.append(self._reference_logprobs(mb))
             if keep_old:
                 hidden_old.append(head.hidden)
         old_head = None
         if keep_old:  # frozen pre-update states: z_old stays the behaviour policy's across epochs
             w, b = head_of(self.env.policy, self.env.vocab)
             old_head = VocabHead(torch.cat(hidden_old), w.detach().clone(), None if b is None else b.detach().clone())
-        common = Prepared(old_logprobs=torch.cat(old_lp), ref_logprobs=torch.cat(ref_lp), entropy=torch.cat(ent))
+        common = Prepared(old_logprobs=torch.cat(old_lp), ref_logprobs=torch.cat(ref_lp) if ref_lp else None, entropy=torch.cat(ent))
         return common, old_head, self.common_stats(common)
 
     def _reference_logprobs(self, mb: "RolloutBatch") -> torch.Tensor:
-        """log π_ref(a_t) of a micro-batch. The reference runs every step even where no loss term needs it
-        (β_KL = 0, LCO): `kl_ref` is the one drift measure common to every algorithm (docs/scale.md)."""
+        """log π_ref(a_t) of a micro-batch. By default the reference runs every step even where no loss term needs
+        it (β_KL = 0, LCO): `kl_ref` is the one drift measure common to every algorithm (docs/scale.md);
+        `train.telemetry.kl_ref: false` then loads no reference at all (`env.reference` is None)."""
         head = frozen_head(self.env.reference, mb, self.env.vocab)
         return chunked_entropy_and_logprobs(head, mb.sampled_ids, self.env.chunk_size)[1]
 
     @torch.no_grad()
     def _reference_only(self, batch: "RolloutBatch") -> Prepared:
-        ref_lp = torch.cat([self._reference_logprobs(batch.subset(rows))
-                            for rows in row_chunks(batch.size, self.cfg.micro_batch_size)])
-        # telemetry buffers in the loss dtype (≥ float32, as ref_lp); not from head_of: under FSDP that gathers
-        forward = TokenTelemetry.empty(ref_lp.shape[0], ref_lp.dtype, ref_lp.device)
+        n_tokens, device = int(batch.response_len.sum()), batch.input_ids.device
+        ref_lp = None
+        if self.env.reference is not None:
+            ref_lp = torch.cat([self._reference_logprobs(batch.subset(rows))
+                                for rows in row_chunks(batch.size, self.cfg.micro_batch_size)])
+        # telemetry buffers in the loss dtype (≥ float32, as the log-probs); not from head_of: under FSDP that gathers
+        dtype = compute_dtype(next(self.env.policy.parameters()).dtype) if ref_lp is None else ref_lp.dtype
+        forward = TokenTelemetry.empty(n_tokens, dtype, device)
         return Prepared(ref_logprobs=ref_lp, forward=forward)
 
     def forward_stats(self, prep: Prepared) -> dict[str, float]:
@@ -312,10 +318,11 @@ class Update(AlgoSpec):
 
     def common_stats(self, prep: Prepared) -> dict[str, float]:
         old, ref = prep.old_logprobs, prep.ref_logprobs
-        log_ratio = ref - old  # k3 estimator of KL(π_old || π_ref), per token
-        k3 = torch.expm1(log_ratio) - log_ratio
-        return {"entropy": global_mean(self.env, prep.entropy), "sampled_prob": global_mean(self.env, old.exp()),
-                "kl_ref": global_mean(self.env, k3)}
+        stats = {"entropy": global_mean(self.env, prep.entropy), "sampled_prob": global_mean(self.env, old.exp())}
+        if ref is not None:  # absent, not faked, when no reference was loaded
+            log_ratio = ref - old  # k3 estimator of KL(π_old || π_ref), per token
+            stats["kl_ref"] = global_mean(self.env, torch.expm1(log_ratio) - log_ratio)
+        return stats
 
     def prepare(self, batch: "RolloutBatch") -> tuple[Prepared, dict[str, float]]:
         raise NotImplementedError
