@@ -193,7 +193,8 @@ def markdown(summary: dict, img_rel: str, files: list[str]) -> str:
               f"Every Table 1 run at the selected lr and at {summary['lr_mult']:g}× it, mean ± std over seeds of per-run ratios: "
               "`max/med` = largest / median pre-clipping norm over the run, `late/early` = mean of the last quarter of steps / the "
               "first quarter (< 1: decays), split by the sign of the sampled token's advantage. `loss last/first` = mean over rollout "
-              "batches of the last optimizer step's loss / the first's (< 1: descent toward the frozen target within a batch).", "",
+              "batches of the last optimizer step's loss / the first's; with LCO's default 4 minibatches those steps see different "
+              "tokens, so it is not a descent measure (the within-batch descent table below fits the same tokens at every step).", "",
               "| method | lr | max/med (all) | late/early A≥0 | late/early A<0 | loss last/first | final greedy |", "|---|---|---|---|---|---|---|"]
         for m, d in t1["methods"].items():
             for key, tag in (("grad_default", "selected"), ("grad_hot", f"{summary['lr_mult']:g}×")):
