@@ -116,14 +116,29 @@ def batch_normalised(rewards: torch.Tensor) -> torch.Tensor:
     return (r - r.mean()) / (r.std() + 1e-4)
 
 
-def reference(s, state, moved, kind, advantage, beta=1.0, beta_neg=None, clip=None, topk=None, center=True, norm="group"):
-    """lco_loss on materialised float64 logits: z_old from the pre-update parameters, z_θ from the moved ones."""
-    policy, batch = s["policy"], s["batch"]
+def logits_before_and_after(policy, batch, state, moved):
+    """(z_old from the pre-update parameters, no grad; z_θ from the moved ones, with grad)."""
     policy.load_state_dict(state)
     with torch.no_grad():
         z_old = logits_of(policy.lm, batch)
     policy.load_state_dict(moved)
-    z = logits_of(policy.lm, batch)
+    return z_old, logits_of(policy.lm, batch)
+
+
+def loss_and_grads(policy, loss, state):
+    """(loss value, parameter gradients of `loss`), then the pre-update parameters back in place."""
+    policy.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = {n: q.grad.clone() for n, q in policy.named_parameters()}
+    policy.zero_grad(set_to_none=True)
+    policy.load_state_dict(state)
+    return float(loss.detach()), grads
+
+
+def reference(s, state, moved, kind, advantage, beta=1.0, beta_neg=None, clip=None, topk=None, center=True, norm="group"):
+    """lco_loss on materialised float64 logits: z_old from the pre-update parameters, z_θ from the moved ones."""
+    policy, batch = s["policy"], s["batch"]
+    z_old, z = logits_before_and_after(policy, batch, state, moved)
     sampled = batch.sampled_ids
     if advantage == "sparse":
         normalised = group_normalised(batch.rewards, batch.group) if norm == "group" else batch_normalised(batch.rewards)
@@ -133,12 +148,7 @@ def reference(s, state, moved, kind, advantage, beta=1.0, beta_neg=None, clip=No
         adv = dense_advantage(raw_dense_advantage(s, advantage), center=center, clip=clip, topk=topk, old_logits=z_old)
     b = select_beta(beta, beta_neg, adv.gather(-1, sampled[:, None]).squeeze(-1)) if beta_neg else beta
     loss = lco_loss(z, z_old, adv, b, kind)
-    policy.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = {n: q.grad.clone() for n, q in policy.named_parameters()}
-    policy.zero_grad(set_to_none=True)
-    policy.load_state_dict(state)
-    return float(loss.detach()), grads
+    return loss_and_grads(policy, loss, state)
 
 
 def assert_same(got, want, case: str = "", rtol: float = RTOL, grad_rtol: float = GRAD_RTOL):
@@ -175,11 +185,7 @@ def authors_reference(s, state, moved, kind, advantage, k, beta):
     """homzer/llama-rlhf, ported literally on materialised logits (KLD: `ParallelLCOTrainerForDPORM` with
     `create_lco_log_target`; MSE/LCH: the `...ForQRM` trainers' support-only criterion, z_old as the base)."""
     policy, batch = s["policy"], s["batch"]
-    policy.load_state_dict(state)
-    with torch.no_grad():
-        old_logits = logits_of(policy.lm, batch)
-    policy.load_state_dict(moved)
-    logits = logits_of(policy.lm, batch)
+    old_logits, logits = logits_before_and_after(policy, batch, state, moved)
     ids = old_logits.topk(k, dim=-1).indices
     advantages = raw_dense_advantage(s, advantage).gather(-1, ids)
     if kind == "kld":
@@ -196,12 +202,7 @@ def authors_reference(s, state, moved, kind, advantage, k, beta):
         x = logits.gather(-1, ids) - (old_logits.gather(-1, ids) + advantages / beta)
         per = x.square() if kind == "mse" else x.abs() + torch.log(1 + torch.exp(-2 * x.abs())) - math.log(2)
         loss = per.sum(-1).mean()
-    policy.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = {n: q.grad.clone() for n, q in policy.named_parameters()}
-    policy.zero_grad(set_to_none=True)
-    policy.load_state_dict(state)
-    return float(loss.detach()), grads
+    return loss_and_grads(policy, loss, state)
 
 
 @pytest.mark.parametrize("kind", ["kld", "mse", "lch"])
