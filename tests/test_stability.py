@@ -288,17 +288,28 @@ def test_train_logs_the_gap_metrics_and_eta_is_the_whole_batch_update(runner, ru
 
 
 @pytest.mark.parametrize("algo", ["lco", "grpo"])
-def test_train_writes_every_gap_metric_for_lco_and_grpo(runner, run_dir, algo):
-    """A batch with both verdicts gets every metric; the bundled tiny model at lr 1e-3 gets some right."""
+def test_train_writes_every_gap_metric_for_lco_and_grpo(runner, run_dir, algo, monkeypatch):
+    """Every metric on every step, for LCO and a baseline. The test preset's 6-step SFT policy solves nothing,
+    so the arith verifier is replaced by one that passes responses of even length: both regions are observed
+    (the metrics' values are checked against closed forms above; this is the wiring)."""
+    from lco_cli.tasks.arith import ArithTask
+
+    monkeypatch.setattr(ArithTask, "check", lambda self, example, response: (response, len(response) % 2 == 0))
     res = invoke(runner, "train", "fast.yaml", "--run-dir", "run", f"train.algo={algo}", "train.telemetry.gradient_gap=1",
-                 "train.steps=2", "train.eval_every=0", "train.guard.enabled=false")
+                 "train.steps=2", "train.eval_every=0", "train.guard.enabled=false", "train.samples_per_prompt=4")
     assert res.exit_code == 0, res.output
     rows = [r for r in read_jsonl(run_dir / "train/metrics.jsonl") if r["step"] >= 1]
-    assert all("gap_eta" in r and "gap_M" in r for r in rows)
+    assert len(rows) == 2 and all("gap_eta" in r and "gap_M" in r for r in rows)
     both = [r for r in rows if r["gap_n_pos"] > 0 and r["gap_n_neg"] > 0]
+    assert both and all(r["gap_eta"] > 0 for r in rows)
     for r in both:
         assert {"gap_norm", "gap_alignment", "gap_cos", "gap_logodds_step", "gap_threshold"} <= set(r)
         assert -1 - 1e-6 <= r["gap_cos"] <= 1 + 1e-6
+    # `lco report` draws them: a fourth figure next to the train curves, linked from report.md
+    assert invoke(runner, "report", "run").exit_code == 0
+    png = run_dir / "report/train_stability.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "](train_stability.png)" in (run_dir / "report/report.md").read_text()
 
 
 def test_gap_history_survives_a_resume(runner, run_dir, monkeypatch):

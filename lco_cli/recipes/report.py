@@ -60,6 +60,50 @@ def plot_curves(rows: list[dict], panels, title: str, out: Path) -> bool:
     return True
 
 
+def plot_stability(rows: list[dict], title: str, out: Path) -> bool:
+    """The gradient-gap telemetry (`train.telemetry.gradient_gap`; docs/stability.md): the Gap Alignment Δμ and
+    cos∠(Δθ, g⁺ − g⁻), the step η, the eq. 18 step-size gauge, and J against M(K) with the theory's bound
+    J₀/(J₀ + (1 − J₀)e^(−M/2)) and the held-out accuracy. False when no row has the metrics."""
+    gap = [r for r in rows if "gap_eta" in r]
+    if not gap:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+
+    def series(ax, key, label=None, **kw):
+        pts = [(r["step"], r[key]) for r in gap if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker=".", label=label or key, **kw)
+        return pts
+
+    series(axes[0], "gap_alignment", "Δμ (gap alignment)")
+    series(axes[0], "gap_cos", "cos∠(Δθ, g⁺−g⁻)")
+    axes[0].axhline(0, color="grey", lw=0.5)
+    axes[0].set_title("alignment of the update")
+    series(axes[1], "gap_eta", "η = ‖Δθ‖")
+    axes[1].set_title("step taken per rollout batch")
+    if series(axes[2], "gap_gauge", "η / (Δμ(1−J)/T)"):
+        axes[2].set_yscale("log")
+    axes[2].set_title("step-size gauge (eq. 18, order of magnitude)")
+    ms = [(r["gap_M"], r) for r in gap if r.get("gap_M") is not None]
+    axes[3].plot([m for m, _ in ms], [r["gap_J"] for _, r in ms], ".", label="J (batch success)")
+    axes[3].plot([m for m, _ in ms], [r["gap_J_bound"] for _, r in ms], "-", label="bound J₀/(J₀+(1−J₀)e^(−M/2))")
+    held = [(m, r["heldout_acc"]) for m, r in ms if r.get("heldout_acc") is not None]
+    if held:
+        axes[3].plot(*zip(*held), "s", label="held-out accuracy")
+    axes[3].set_xlabel("M(K) = Σ[Δμ]₊η")
+    axes[3].set_title("success rate vs cumulative alignment")
+    for ax in axes[:3]:
+        ax.set_xlabel("step")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_eval(results: list[dict], out: Path) -> bool:
     """Grouped bars, one group per benchmark metric: percent metrics (pass@1, WR, LC-WR, accuracy)
     on one axis, raw rewards (`reward/<name>`) on a second, since their scales differ."""
@@ -107,6 +151,8 @@ def write_report(run_dir: Path) -> Path:
         rows = MetricsLog(run_dir / stage / "metrics.jsonl").rows()
         if rows and plot_curves(rows, panels, f"{stage} ({run_dir.name})", out / f"{stage}_curves.png"):
             lines += [f"## {stage}", "", f"![{stage} curves]({stage}_curves.png)", ""]
+            if stage == "train" and plot_stability(rows, f"gradient gap ({run_dir.name})", out / "train_stability.png"):
+                lines += ["![gradient-gap telemetry](train_stability.png)", ""]
             extra = run_dir / stage / "eval.json"
             if extra.exists():
                 lines += ["```json", extra.read_text().strip(), "```", ""]

@@ -104,10 +104,11 @@ class CollapseGuard:
         return self.last_heldout_ok if symptom.startswith("held-out") else self.healthy_step
 
     def message(self, step: int, symptom: str, checkpoints_dir: Path, gauge: float | None) -> str:
-        good = last_checkpoint_at_or_before(checkpoints_dir, self.last_good_step(symptom))
-        where = (f"last good checkpoint: {good}" if good is not None
-                 else f"no checkpoint was saved before the symptom began (step {self.last_good_step(symptom)})")
+        healthy = self.last_good_step(symptom)
+        good = last_checkpoint_at_or_before(checkpoints_dir, healthy)
+        where = (f"last good checkpoint: {good} (last healthy step {healthy})" if good is not None
+                 else f"no checkpoint from before the symptom began (last healthy step {healthy})")
         gauge_text = (f"gradient-gap step-size gauge η/(Δμ(1−J)/T) at its last measurement: {gauge:.3g}" if gauge is not None
                       else "gradient-gap gauge not measured (train.telemetry.gradient_gap=1 measures it)")
         return (f"train: the policy collapsed at step {step}: {symptom}; {where}; {gauge_text}. The stage is not done: "
-                "rerun with a lower train.lr (or from the checkpoint above); train.guard.enabled=false lets such a run finish")
+                "rerun with a lower train.lr; train.guard.enabled=false lets such a run finish")
