@@ -321,3 +321,19 @@ def test_gap_history_survives_a_resume(runner, run_dir, monkeypatch):
     assert invoke(runner, *args).exit_code == 0
     rows = {r["step"]: r for r in read_jsonl(run_dir / "train/metrics.jsonl") if r["step"] >= 1}
     assert rows[3]["gap_J0"] == rows[1]["gap_J0"] and rows[3]["gap_M"] >= rows[2]["gap_M"]
+
+
+def test_measuring_does_not_change_the_run(runner, run_dir, workdir):
+    """The probe only reads gradients of log-probabilities and zeroes them again; it draws no random numbers:
+    the trained weights are bit-identical with and without it."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.copytree(run_dir, workdir / "run_plain")
+    common = ["train.steps=2", "train.eval_every=0", "train.minibatches=2", "train.reward=rm"]
+    assert invoke(runner, "train", "fast.yaml", "--run-dir", "run_plain", *common).exit_code == 0
+    assert invoke(runner, "train", "fast.yaml", "--run-dir", "run", *common, "train.telemetry.gradient_gap=1").exit_code == 0
+    plain = load_file(str(workdir / "run_plain/train/final/model.safetensors"))
+    measured = load_file(str(run_dir / "train/final/model.safetensors"))
+    assert plain.keys() == measured.keys() and all(torch.equal(plain[k], measured[k]) for k in plain)
