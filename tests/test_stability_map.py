@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import stability_report as rep  # noqa: E402
 
-from conftest import FAST  # noqa: E402
+from conftest import FAST, write_pairs  # noqa: E402
 
 
 def curve(*accs, every=10):
@@ -95,8 +95,10 @@ def test_stability_map_smoke(tmp_path, monkeypatch):
 
     from lco_cli.config.schema import TelemetryConfig
 
+    write_pairs(tmp_path / "pairs.jsonl")
     preset = tmp_path / "fast.yaml"
-    preset.write_text(yaml.safe_dump(FAST))
+    rm = {**FAST["rm"], "pairs": {**FAST["rm"]["pairs"], "source": "file", "path": str(tmp_path / "pairs.jsonl")}}
+    preset.write_text(yaml.safe_dump({**FAST, "rm": rm}))
     gap = 1 if "gradient_gap" in TelemetryConfig.__dataclass_fields__ else 0
     doc, img, out = tmp_path / "doc.md", tmp_path / "img", tmp_path / "map"
     argv = ["--out", str(out), "--doc", str(doc), "--img", str(img), "--methods", "LCO-KLD,GRPO", "--mults", "1,100",
