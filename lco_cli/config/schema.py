@@ -212,6 +212,22 @@ class TelemetryConfig:
     kl_ref: bool = F(True, doc="Log kl_ref, the k3 estimate of KL(π_old‖π_ref) per token. Where no loss term needs the "
                      "reference policy (dapo, gspo, reinforce, grpo with beta 0, lco, gkd, minillm) false loads no "
                      "reference model and skips its forward pass, as TRL does with beta 0.")
+    gradient_gap: int = F(0, doc="Every N steps, the RLVR Gradient Gap telemetry (gap_* metrics, docs/stability.md): g+ and g- "
+                          "at the pre-update policy (two extra forward+backward passes over the rollout batch), the update "
+                          "taken on the batch (eta, alignment, cos), M(K), the J bound and the step-size gauge; two "
+                          "float32 buffers the size of the trainable parameters. 0 = off.", ge=0)
+
+
+@dataclass
+class GuardConfig:
+    """The collapse guard: stop a collapsed run with exit 1 (the stage is not marked done; docs/stability.md)."""
+
+    enabled: bool = F(True, doc="Stop the run when one of the symptoms below is seen.")
+    patience: int = F(3, doc="Consecutive steps a gradient norm of exactly 0 (or non-finite), or uniform outputs, must last.", gt=0)
+    uniform_entropy: float = F(0.98, doc="Uniform outputs: mean token entropy at least this fraction of ln|V| (only when "
+                               "the run started below it).", gt=0, le=1)
+    heldout_fraction: float = F(0.5, doc="Held-out greedy accuracy below this fraction of its step-0 value ...", gt=0, le=1)
+    heldout_sigmas: float = F(2.0, doc="... and lower by more than this many standard errors of the difference.", ge=0)
 
 
 @dataclass
@@ -253,6 +269,7 @@ class TrainConfig:
     max_skipped: int = F(5, doc="Fail the stage after this many consecutive non-finite steps.", gt=0)
     rollout: RolloutConfig = F(doc="Rollout sampling.", factory=RolloutConfig)
     telemetry: TelemetryConfig = F(doc="Diagnostics.", factory=TelemetryConfig)
+    guard: GuardConfig = F(doc="The collapse guard.", factory=GuardConfig)
     algo_args: dict[str, Any] = F(doc="Knobs of the chosen baseline algorithm (see docs/presets.md).", factory=dict)
 
 

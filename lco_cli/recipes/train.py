@@ -24,8 +24,10 @@ from lco_cli.rl.advantage_sources import load_advantage_sources
 from lco_cli.rl.registry import get_algo, update_class
 from lco_cli.rl.rollout import RolloutBatch
 from lco_cli.rl.sampling import Sampler
+from lco_cli.rl.stability import GapHistory, GradientGapProbe
 from lco_cli.rl.update import HiddenStatesLM, MicroBatch, Normaliser, TrainEnv
 from lco_cli.runtime import models
+from lco_cli.runtime.guard import CollapseError, CollapseGuard
 from lco_cli.runtime.rundir import atomic_write_json
 from lco_cli.runtime.training import (Progress, batch_indices, check_finite_parameters, checkpoint_due, grad_norm_of,
     load_checkpoint, make_accelerator, make_optimizer, make_scheduler, maybe_interrupt, save_checkpoint, shard,
@@ -72,10 +74,16 @@ def run_train(ctx: Context) -> dict:
         samples_total = state.get("rollout_samples", 0)
         trainable = [q for q in policy.parameters() if q.requires_grad]
         progress = Progress("train", cfg.steps, start, enabled=acc.is_main_process, every=max(1, cfg.log_every))
+        probe = None
+        if cfg.telemetry.gradient_gap:
+            probe = GradientGapProbe(env, trainable, task.has_verifier, GapHistory(state.get("gap_M", 0.0), state.get("gap_J0")),
+                                     sharded=sharding.is_sharded(acc.unwrap_model(policy)))
+        guard = CollapseGuard(cfg.guard, usable_vocab(tok), state.get("heldout_acc0"), _heldout_n(task, cfg))
         consecutive_skips = 0
         result: dict = {}
         if start == 0 and cfg.eval_every and task is not None:
             result = _heldout(acc, policy, tok, task, cfg)
+            guard.set_heldout0(result.get("heldout_acc"), _heldout_n(task, cfg))
             if acc.is_main_process:
                 sd.metrics.append({"step": 0, "time": 0.0, **result})
         for step in range(start + 1, cfg.steps + 1):
@@ -94,10 +102,15 @@ def run_train(ctx: Context) -> dict:
                 batch = collect_stats.pop("log_batch")
             else:
                 batch = _shuffle_for_minibatches(batch, cfg, step)
+                measure = probe is not None and step % cfg.telemetry.gradient_gap == 0
+                if measure:  # g+ and g- at θ_k, before `prepare` and the update
+                    probe.before_update(batch)
                 prep, stats = update.prepare(batch)
                 row, skipped = _optimize(update, batch, prep, cfg, acc, opt, sched, trainable, step)
                 stats = {**update.forward_stats(prep), **stats}  # behaviour telemetry of a single-pass batch
                 check_finite_parameters(trainable, step)
+                if measure:  # the update taken on the whole batch (every epoch and minibatch)
+                    stats.update(probe.after_update())
             collect_stats.pop("log_batch", None)
             row.update(collect_stats)
             row.update({"rollout_samples": n_samples, "rollout_samples_total": samples_total})
@@ -115,13 +128,20 @@ def run_train(ctx: Context) -> dict:
                 result = _heldout(acc, policy, tok, task, cfg)
                 row.update(result)
             logged = step % cfg.log_every == 0 or step == cfg.steps or "heldout_acc" in row
-            if acc.is_main_process and logged:
+            symptom = guard.check(row)
+            if acc.is_main_process and (logged or symptom):
                 sd.metrics.append(row)
             if logged:
                 _log_rollouts(rollout_log, sampler.records, step, cfg.log_rollouts, acc)
             progress.update(step, {k: row[k] for k in ("loss", "reward_mean", "heldout_acc") if k in row})
+            if _any_process(acc, symptom is not None):  # held-out accuracy is known on the main process only
+                gauge = probe.last_gauge if probe is not None else None
+                raise CollapseError(guard.message(step, symptom or "seen on the main process", sd.checkpoints_dir, gauge))
             if checkpoint_due(sd, acc, step, cfg) and step < cfg.steps:
-                save_checkpoint(sd, acc, step, cfg.keep_checkpoints, {"skipped_steps": skipped_total, "rollout_samples": samples_total})
+                extras = {"skipped_steps": skipped_total, "rollout_samples": samples_total, "heldout_acc0": guard.heldout0}
+                if probe is not None:
+                    extras.update({"gap_M": probe.history.M, "gap_J0": probe.history.J0})
+                save_checkpoint(sd, acc, step, cfg.keep_checkpoints, extras)
             maybe_interrupt(step)
         progress.close()
         sd.final_step = cfg.steps
@@ -283,6 +303,17 @@ def _log_rollouts(log: MetricsLog, records: list, step: int, limit: int | None, 
     if acc.is_main_process:
         for row in rows[:limit] if limit is not None else rows:
             log.append(row)
+
+
+def _any_process(acc, flag: bool) -> bool:
+    """True on every process when `flag` is true on any (a collective: every process must stop together)."""
+    if acc.num_processes == 1:
+        return flag
+    return float(acc.reduce(torch.tensor(float(flag), device=acc.device), "sum")) > 0
+
+
+def _heldout_n(task, cfg) -> int:
+    return min(cfg.eval_problems, len(task.test)) if task is not None and task.has_verifier else 0
 
 
 def _heldout(acc, policy, tok, task, cfg) -> dict:
