@@ -90,19 +90,10 @@ def ints(spec: str) -> list[int]:
 
 
 def telemetry(gap_every: int, eval_every: int, steps: int) -> list[str]:
-    """The keys every run of the map adds: telemetry, the collapse guard off, evaluation, no checkpoints."""
-    from lco_cli.config.schema import TelemetryConfig, TrainConfig
-
-    fields = lambda cls: cls.__dataclass_fields__  # noqa: E731
-    out = ["train.telemetry.split_grad_norm=true", f"train.eval_every={eval_every}", f"train.checkpoint_every={10 * steps}",
-           f"train.steps={steps}"]
-    if gap_every:
-        if "gradient_gap" not in fields(TelemetryConfig):
-            raise SystemExit("this lco has no train.telemetry.gradient_gap; --gap-every 0 runs the map without it")
-        out.append(f"train.telemetry.gradient_gap={gap_every}")
-    if "guard" in fields(TrainConfig):  # a collapsing run must run to the end: its final accuracy is the point
-        out.append("train.guard.enabled=false")
-    return out
+    """The keys every run of the map adds: split-gradient and gradient-gap telemetry, the collapse guard off (a
+    collapsing run must run to the end: its final accuracy is the point), evaluation, no checkpoints."""
+    return ["train.telemetry.split_grad_norm=true", f"train.telemetry.gradient_gap={gap_every}", "train.guard.enabled=false",
+            f"train.eval_every={eval_every}", f"train.checkpoint_every={10 * steps}", f"train.steps={steps}"]
 
 
 def run_name(key: str, mult: float, lr: float, steps: int, seed: int) -> str:

@@ -93,16 +93,13 @@ def test_stability_map_smoke(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     import stability_map
 
-    from lco_cli.config.schema import TelemetryConfig
-
     write_pairs(tmp_path / "pairs.jsonl")
     preset = tmp_path / "fast.yaml"
     rm = {**FAST["rm"], "pairs": {**FAST["rm"]["pairs"], "source": "file", "path": str(tmp_path / "pairs.jsonl")}}
     preset.write_text(yaml.safe_dump({**FAST, "rm": rm}))
-    gap = 1 if "gradient_gap" in TelemetryConfig.__dataclass_fields__ else 0
     doc, img, out = tmp_path / "doc.md", tmp_path / "img", tmp_path / "map"
     argv = ["--out", str(out), "--doc", str(doc), "--img", str(img), "--methods", "LCO-KLD,GRPO", "--mults", "1,100",
-            "--seeds", "0", "--steps", "3", "--eval-every", "1", "--pilot-steps", "0", "--rollouts", "8", "--gap-every", str(gap),
+            "--seeds", "0", "--steps", "3", "--eval-every", "1", "--pilot-steps", "0", "--rollouts", "8", "--gap-every", "1",
             "--base-preset", str(preset), "--preset", str(preset)]
     stability_map.main(argv)
     summary = json.loads((out / "tiny/summary.json").read_text())
@@ -117,8 +114,7 @@ def test_stability_map_smoke(tmp_path, monkeypatch):
         expect = None if means["1"] < start else (1.0 if means["100"] < start else 100.0)
         assert d["critical"]["mult"] == expect
         assert d["lrs"]["1"]["late_over_early_neg"] is not None
-        if gap:
-            assert d["lrs"]["1"]["gap_measured"]
+        assert d["lrs"]["1"]["gap_measured"]  # (the gauge itself needs J > 0, which this 6-step SFT need not reach)
     text = doc.read_text()
     assert text.startswith("# ") and "<!-- BEGIN GENERATED -->" in text and "<!-- END GENERATED -->" in text
     assert "critical lr" in text and "| LCO-KLD | 3e-06 |" in text
