@@ -157,11 +157,11 @@ def plot(settings: dict[str, dict], titles: dict[str, str], path: Path) -> None:
         for i, (m, d) in enumerate(st["methods"].items()):
             pts = sorted(d["lrs"].values(), key=lambda r: r["mult"])
             ax.errorbar([p["mult"] for p in pts], [p["final_mean"] for p in pts], yerr=[p["final_std"] for p in pts],
-                        marker=markers[i % len(markers)], ms=4, capsize=2, lw=1.2, label=m, ls="-" if m.startswith("LCO") else "--")
+                        marker=markers[i % len(markers)], ms=4, capsize=2, lw=1.2, label=m.split("@")[0], ls="-" if m.startswith("LCO") else "--")
         ax.axhline(st["start"], color="gray", ls=":", lw=1.2, label="SFT start")
         ax.set_xscale("log")
         ax.set_xlabel("lr / the method's picked lr")
-        ax.set_title(titles.get(name, name), fontsize=9)
+        ax.set_title(f"{titles.get(name, name)}, {st['start']:.3f} at the start", fontsize=9)
         ax.legend(fontsize=7)
     axes.flat[0].set_ylabel("final held-out greedy accuracy")
     fig.tight_layout()
