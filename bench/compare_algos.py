@@ -214,6 +214,19 @@ def run_all(base: Path, base_preset: str, jobs: list[Job], workers: int, t0: flo
 # --------------------------------------------------------------------------- analysis
 
 
+def study_overrides(preset: str | None) -> list[str]:
+    """Every run's overrides: each algorithm's own samples per prompt / epochs / minibatches, then the train
+    and eval sections of `preset` (None: the base preset's own)."""
+    from lco_cli.config import bundled_presets
+
+    # null = each algorithm's own default (the base preset `tiny` pins lco's old 4 x 1 x 1 for its documented numbers)
+    algo_defaults = ["train.samples_per_prompt=null", "train.update_epochs=null", "train.minibatches=null"]
+    if preset is None:
+        return algo_defaults
+    study = yaml.safe_load(Path(bundled_presets().get(preset, Path(preset))).read_text())
+    return algo_defaults + flatten(study.get("train", {}), "train") + flatten(study.get("eval", {}), "eval")
+
+
 def per_method_overrides(base_preset: str, overrides: list[str], m: str, rollouts: int) -> list[str]:
     """The method's own keys plus the batch size that gives it `rollouts` samples per step."""
     from lco_cli.config import load
@@ -250,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import compare_report as rep
 
-    from lco_cli.config import bundled_presets, load
+    from lco_cli.config import load
 
     t0 = time.time()
     out = Path(args.out).resolve()
@@ -262,10 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown tables/methods {unknown}; tables: {list(TABLES)}, methods: {list(METHODS)}")
     tables = {name: Table(TABLES[name].title, [m for m in TABLES[name].methods if not only or m in only], TABLES[name].setting,
                           TABLES[name].tag, TABLES[name].target) for name in split(args.tables)}
-    study = yaml.safe_load(Path(bundled_presets().get(args.preset, Path(args.preset))).read_text())
-    # null = each algorithm's own default (the base preset `tiny` pins lco's old 4 x 1 x 1 for its documented numbers)
-    algo_defaults = ["train.samples_per_prompt=null", "train.update_epochs=null", "train.minibatches=null"]
-    overrides = algo_defaults + flatten(study.get("train", {}), "train") + flatten(study.get("eval", {}), "eval") + list(args.set)
+    overrides = study_overrides(args.preset) + list(args.set)
     if args.steps:
         overrides.append(f"train.steps={args.steps}")
     _, resolved = load(args.base_preset, overrides)
