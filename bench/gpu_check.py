@@ -70,8 +70,8 @@ def preset(cpu: bool) -> dict:
         "seed": 0,
         "model": {"policy": "tiny" if cpu else GPU_POLICY, "gradient_checkpointing": True},
         "task": {"name": "arith", "op": "add", "digits": 1, "n_test": 20, "slip_rate": 0.0},
-        "sft": {"lr": lr, "batch_size": 32, "micro_batch_size": 16, "epochs": 10, "max_steps": 4, "max_length": 64,
-                "mixed_precision": mp, "checkpoint_every": 100, "log_every": 1, "eval_problems": 16},
+        "sft": {"lr": lr, "batch_size": 32, "micro_batch_size": 16 if cpu else 32, "epochs": 10, "max_steps": 4, "max_length": 64,
+                "mixed_precision": mp, "checkpoint_every": 100, "log_every": 1, "eval_problems": 8 if cpu else 16},
         "rm": {"lr": lr / 10, "batch_size": 8, "micro_batch_size": 8, "epochs": 1, "max_steps": 3, "max_length": 64,
                "mixed_precision": mp, "checkpoint_every": 100, "log_every": 1,
                "pairs": {"source": "self", "n_prompts": 64, "samples_per_prompt": 8, "temperature": 1.5,
@@ -80,7 +80,7 @@ def preset(cpu: bool) -> dict:
                   "micro_batch_size": 8, "update_epochs": 1, "minibatches": 1, "lr": lr / 10, "mixed_precision": mp,
                   "eval_every": 0, "eval_problems": 0, "checkpoint_every": 100, "log_every": 1,
                   "rollout": {"max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0}},
-        "eval": {"policies": ["train"], "benchmarks": ["arith"], "samples": 1, "limit": 16, "max_new_tokens": 32},
+        "eval": {"policies": ["train"], "benchmarks": ["arith"], "samples": 1, "limit": 8 if cpu else 16, "max_new_tokens": 32},
     }
 
 
@@ -399,6 +399,7 @@ print(json.dumps(info))
             self.train_overrides = ["train.advantage=sparse", "train.reward=verifier"]
             self.log("rm did not finish: train steps fall back to " + " ".join(self.train_overrides))
         tr = self.train_overrides
+        variant = tr + (["train.steps=1"] if cpu else [])
         self.step("train", T(120, 60), T(50, 5), lambda t: self.stage("train", "train", tr, t))
         self.step("eval", T(90, 60), T(30, 5), lambda t: self.stage("eval", "eval", [], t))
         probe = self.out / "fsdp_probe.json"
@@ -406,41 +407,27 @@ print(json.dumps(info))
         launch = [PY, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "lco_cli/launch/fsdp.yaml"),
                   "--num_processes", "1", "--num_machines", "1", "--main_process_port", str(free_port()),
                   str(self.out / "fsdp_probe.py")]
-        fsdp_over = [*tr, "train.eval_every=0", "train.eval_problems=0", "train.checkpoint_every=100"]
+        fsdp_over = [*variant, "train.eval_every=0", "train.eval_problems=0", "train.checkpoint_every=100"]
         self.step("train_fsdp", T(150, 60), T(60, 5),
                   lambda t: self.stage("train_fsdp", "train", fsdp_over, t, fresh=True, launcher=launch, probe=probe))
         self.step("gpu_step", T(150, 60), T(90, 5), self.gpu_step)
         self.step("train_lora", T(100, 60), T(45, 5),
-                  lambda t: self.stage("train_lora", "train", [*tr, "model.lora.enabled=true", "model.lora.save=adapter"], t,
+                  lambda t: self.stage("train_lora", "train", [*variant, "model.lora.enabled=true", "model.lora.save=adapter"], t,
                                        fresh=True))
         self.step("train_split_grad", T(100, 60), T(45, 5),
-                  lambda t: self.stage("train_split_grad", "train", [*tr, "train.telemetry.split_grad_norm=true"], t, fresh=True))
+                  lambda t: self.stage("train_split_grad", "train", [*variant, "train.telemetry.split_grad_norm=true"], t, fresh=True))
         if sft["status"] != "ok":
             self.log("sft failed: rm, train and eval depend on it")
 
 
 def eval_numbers(stage_dir: Path) -> dict:
-    out = {}
-    for f in sorted(stage_dir.glob("*.json")):
-        try:
-            data = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        flat = _flatten(data)
-        out.update({k: v for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and any(s in k for s in ("pass", "acc", "stderr", "n"))})
-    return dict(list(out.items())[:8])
-
-
-def _flatten(d, prefix=""):
-    if isinstance(d, dict):
-        out = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}." if not isinstance(v, (int, float, str, bool, type(None))) else f"{prefix}{k}"))
-        return out
-    if isinstance(d, list):
+    """pass@1 ± stderr per (policy, benchmark) from eval/results.json."""
+    f = stage_dir / "results.json"
+    if not f.exists():
         return {}
-    return {prefix.rstrip("."): d}
+    rows = json.loads(f.read_text()).get("results", [])
+    return {f"{r['policy']}/{r['benchmark']} {r.get('metric', '')}": f"{r['mean']:.3f}±{r['stderr']:.3f} (n={r.get('n_problems')})"
+            for r in rows if isinstance(r.get("mean"), (int, float))}
 
 
 def ensure_presets_importable(env: dict) -> Path | None:
@@ -483,14 +470,14 @@ def parse_args(argv=None):
     p.add_argument("--out", default="gpu_check_out", help="folder for summary.md / summary.json, logs and the run")
     p.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on the CPU (checks this script)")
     p.add_argument("--budget-s", type=float, default=None, help="total time budget; steps that no longer fit are skipped "
-                   "(default 460 on a GPU, 110 for the dry run)")
+                   "(default 460 on a GPU, 240 for the dry run)")
     p.add_argument("--only", default="", help="comma-separated step names to run (the others are reported skipped)")
     p.add_argument("--gpu-step-methods", default="lco_dense,grpo", help="bench/gpu_step.py --methods (GPU)")
     p.add_argument("--gpu-step-seq-len", type=int, default=1024, help="bench/gpu_step.py --seq-len (GPU)")
     a = p.parse_args(argv)
     a.only = [x for x in a.only.split(",") if x]
     if a.budget_s is None:
-        a.budget_s = 110.0 if a.cpu_dry_run else 460.0
+        a.budget_s = 240.0 if a.cpu_dry_run else 460.0
     return a
 
 
