@@ -76,10 +76,10 @@ def preset(cpu: bool) -> dict:
                "mixed_precision": mp, "checkpoint_every": 100, "log_every": 1,
                "pairs": {"source": "self", "n_prompts": 64, "samples_per_prompt": 8, "temperature": 1.5,
                          "max_new_tokens": 4, "eval_fraction": 0.1}},
-        "train": {"algo": "lco", "objective": "kld", "advantage": "dpo", "steps": 2, "batch_size": 8, "samples_per_prompt": 2,
+        "train": {"algo": "lco", "objective": "kld", "advantage": "dpo", "steps": 2, "batch_size": 4 if cpu else 8, "samples_per_prompt": 2,
                   "micro_batch_size": 8, "update_epochs": 1, "minibatches": 1, "lr": lr / 10, "mixed_precision": mp,
                   "eval_every": 0, "eval_problems": 0, "checkpoint_every": 100, "log_every": 1,
-                  "rollout": {"max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0}},
+                  "rollout": {"max_new_tokens": 16 if cpu else 48, "temperature": 1.0, "top_p": 1.0}},
         "eval": {"policies": ["train"], "benchmarks": ["arith"], "samples": 1, "limit": 8 if cpu else 16, "max_new_tokens": 32},
     }
 
@@ -342,7 +342,8 @@ print(json.dumps(info))
 
     def gpu_step(self, timeout: float) -> dict:
         out = self.out / "gpu_step"
-        flags = ["--tiny"] if self.cpu else ["--methods", self.args.gpu_step_methods, "--seq-len", str(self.args.gpu_step_seq_len)]
+        flags = ["--methods", self.args.gpu_step_methods]
+        flags += ["--tiny"] if self.cpu else ["--seq-len", str(self.args.gpu_step_seq_len)]
         res = run_cmd("gpu_step", [PY, str(ROOT / "bench/gpu_step.py"), *flags, "--out", str(out)], timeout, self.logs,
                       self.env, self.out, gpu=not self.cpu)
         numbers = {"rc": res["rc"], "gpu_mem_peak_mib": res["gpu_mem_peak_mib"]}
