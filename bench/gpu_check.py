@@ -6,15 +6,15 @@ Steps (each in its own subprocess with a timeout; a failing step never stops the
   cuda_tests   python -m pytest tests/test_cuda.py (chunked loss engine on the GPU vs a float64 reference)
   sft, rm, train, eval
                the real CLI (`python -m lco_cli STAGE preset.yaml`) on a temporary preset: random-init
-               `random:qwen2.5-3b` policy (the smallest real-size architecture lco knows: there is no
-               0.5B one), arith task with 1-digit sums, bf16 mixed precision (fp32 master weights),
+               `random:qwen2.5-0.5b` policy (Qwen2.5-0.5B's shapes: the real 151,936-token vocabulary),
+               arith task with 1-digit sums, bf16 mixed precision (fp32 master weights),
                gradient checkpointing, 2-4 steps each, short generations
   train_fsdp   accelerate launch --config_file <bundled fsdp.yaml> --num_processes 1 -m lco_cli train ...
                (through a small launcher that records whether FSDP really wrapped the model)
   gpu_step     bench/gpu_step.py capped to a subset of methods and a shorter sequence
   train_lora   lco train with model.lora.enabled=true
   train_split_grad
-               lco train with train.telemetry.split_grad_norm=true
+               lco train with train.telemetry.split_grad_norm=true and train.telemetry.gradient_gap=1
 
 Writes DIR/summary.md and DIR/summary.json (--out, default gpu_check_out), per step: status
 (ok / failed / skipped), seconds, key numbers, the tail of stderr on failure; stage logs in DIR/logs/.
@@ -53,7 +53,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
-GPU_POLICY = "random:qwen2.5-3b"
+GPU_POLICY = "random:qwen2.5-0.5b"
 
 
 # --------------------------------------------------------------------------- presets
@@ -169,7 +169,7 @@ def last_metrics(stage_dir: Path) -> dict:
     if not rows:
         return {}
     keep = ("step", "loss", "grad_norm", "grad_norm_head", "grad_norm_body", "tokens_per_s", "time", "pair_accuracy",
-            "reward_mean", "kl_ref", "entropy", "heldout_acc")
+            "reward_mean", "kl_ref", "entropy", "heldout_acc", "gap_J", "gap_eta", "gap_norm", "gap_alignment", "gap_M")
     row = rows[-1]
     out = {k: row[k] for k in row if (k in keep or k.startswith("grad_norm")) and isinstance(row[k], (int, float))}
     return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in out.items()}
@@ -416,7 +416,8 @@ print(json.dumps(info))
                   lambda t: self.stage("train_lora", "train", [*variant, "model.lora.enabled=true", "model.lora.save=adapter"], t,
                                        fresh=True))
         self.step("train_split_grad", T(100, 60), T(45, 5),
-                  lambda t: self.stage("train_split_grad", "train", [*variant, "train.telemetry.split_grad_norm=true"], t, fresh=True))
+                  lambda t: self.stage("train_split_grad", "train", [*variant, "train.telemetry.split_grad_norm=true",
+                                                                                          "train.telemetry.gradient_gap=1"], t, fresh=True))
         if sft["status"] != "ok":
             self.log("sft failed: rm, train and eval depend on it")
 

@@ -22,10 +22,13 @@ def _llama3_rope(factor: float) -> dict:
             "original_max_position_embeddings": 8192}
 
 
-# Values from the models' published config.json files (Qwen/Qwen2.5-3B, Qwen/Qwen2.5-7B, Qwen/Qwen3-4B,
+# Values from the models' published config.json files (Qwen/Qwen2.5-0.5B, Qwen/Qwen2.5-3B, Qwen/Qwen2.5-7B, Qwen/Qwen3-4B,
 # Qwen/Qwen3-8B, meta-llama/Llama-3.2-3B, meta-llama/Llama-3.1-8B). `params` is the published total
 # parameter count (billions, embeddings included), which a test checks the built config against.
 ARCHITECTURES: dict[str, dict] = {
+    "qwen2.5-0.5b": {"model_type": "qwen2", "params": 0.49, "config": {
+        **_QWEN_COMMON, "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+        "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 32768, "tie_word_embeddings": True}},
     "qwen2.5-3b": {"model_type": "qwen2", "params": 3.09, "config": {
         **_QWEN_COMMON, "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
         "num_attention_heads": 16, "num_key_value_heads": 2, "max_position_embeddings": 32768, "tie_word_embeddings": True}},
