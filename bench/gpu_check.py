@@ -28,13 +28,13 @@ Run from the repository root without installing lco: `lco_cli.presets` is the re
 folder only in an installed package, so when it is not importable this script links
 lco_cli/presets -> ../presets for the run (and removes the link afterwards).
 
-Recommended device command (repository root; the wheels in .whl/ are whatever lco needs beyond the
-machine's packages, none at the time of writing):
+Recommended command on a GPU machine without network (repository root, lco not installed; a
+machine image that lacks lco's dependencies `datasets`, `dill` and `multiprocess` gets them as wheels
+downloaded elsewhere into .whl/ with `pip download --no-deps --python-version 3.12 ...`):
 
-  (ls .whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl); export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false; nvidia-smi; python3 bench/gpu_check.py --out $OUT/gpu_check --budget-s 460; echo "gpu_check exit $?"
+  (ls .whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl); export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false; nvidia-smi; python3 bench/gpu_check.py --out gpu_check_out --budget-s 420
 
-(timeout_s 570: the script's own budget is 460 s plus the slowest step's overrun; everything it
-writes lands in $OUT/gpu_check.)
+(~320 s on one H200, docs/benchmarks.md §6; allow ~100 s more for the slowest step's overrun.)
 """
 from __future__ import annotations
 
@@ -74,8 +74,9 @@ def preset(cpu: bool) -> dict:
                 "mixed_precision": mp, "checkpoint_every": 100, "log_every": 1, "eval_problems": 8 if cpu else 16},
         "rm": {"lr": lr / 10, "batch_size": 8, "micro_batch_size": 8, "epochs": 1, "max_steps": 3, "max_length": 64,
                "mixed_precision": mp, "checkpoint_every": 100, "log_every": 1,
-               "pairs": {"source": "self", "n_prompts": 64, "samples_per_prompt": 8, "temperature": 1.5,
-                         "max_new_tokens": 4, "eval_fraction": 0.1}},
+               # a pairs file (written next to the preset): a random-init policy never answers right, so
+               # self-generated, verifier-labelled pairs would be empty (seen on the first H200 run)
+               "pairs": {"source": "file", "path": None, "eval_fraction": 0.1}},
         "train": {"algo": "lco", "objective": "kld", "advantage": "dpo", "steps": 2, "batch_size": 4 if cpu else 8, "samples_per_prompt": 2,
                   "micro_batch_size": 8, "update_epochs": 1, "minibatches": 1, "lr": lr / 10, "mixed_precision": mp,
                   "eval_every": 0, "eval_problems": 0, "checkpoint_every": 100, "log_every": 1,
@@ -367,7 +368,9 @@ print(json.dumps(info))
         import yaml
 
         self.preset_path = self.out / "gpu_check.yaml"
-        self.preset_path.write_text(yaml.safe_dump(preset(self.cpu), sort_keys=False))
+        spec = preset(self.cpu)
+        spec["rm"]["pairs"]["path"] = str(self.out / "pairs.jsonl")
+        self.preset_path.write_text(yaml.safe_dump(spec, sort_keys=False))
         link = ensure_presets_importable(self.env)
         if link:
             self.log(f"lco_cli.presets was not importable: linked {link} -> ../presets for this run")
@@ -389,6 +392,7 @@ print(json.dumps(info))
 
     def _run_steps(self) -> None:
         a, cpu = self.args, self.cpu
+        write_pairs(self.out / "pairs.jsonl")
         # (timeout, minimum time left to start) per step, GPU; the CPU dry run uses the same structure at tiny sizes
         T = (lambda g, c: c if cpu else g)
         self.step("env", T(90, 60), 10, self.env_report)
@@ -420,6 +424,13 @@ print(json.dumps(info))
                                                                                           "train.telemetry.gradient_gap=1"], t, fresh=True))
         if sft["status"] != "ok":
             self.log("sft failed: rm, train and eval depend on it")
+
+
+def write_pairs(path: Path) -> None:
+    """Preference pairs of 1-digit sums: the right sum chosen over one off by one."""
+    rows = [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + (1 if (a + b) % 2 else -1))}
+            for a in range(10) for b in range(10)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def eval_numbers(stage_dir: Path) -> dict:
