@@ -2,34 +2,20 @@
 bundled ddp or fsdp config): its half of a fixed rollout batch (whole prompt groups), the gradient-gap
 probe around two SGD steps through the `accelerator.prepare`d policy; rank 0 writes the metrics row.
 
-accelerate turns FSDP on only on GPUs (it keeps MULTI_CPU on CPUs), so under the fsdp config this flips
-that one switch after accelerate has read the FSDP plugin from the environment, as tests/test_scale_fsdp.py
-does; `fully_shard` wrapping and the collectives are the real thing.
+Under the fsdp config, FSDP runs on the CPU processes through tests/cpu_fsdp.py.
 
     gap_worker.py SFT_MODEL_DIR BATCH.pt OUT.json
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
 from types import SimpleNamespace
 
 import torch
-from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from cpu_fsdp import enable_cpu_fsdp
 
-_init = AcceleratorState.__init__
-
-
-def _init_with_cpu_fsdp(self, *args, **kwargs):
-    _init(self, *args, **kwargs)
-    if os.environ.get("ACCELERATE_USE_FSDP") == "true" and self.distributed_type == DistributedType.MULTI_CPU:
-        self.distributed_type = DistributedType.FSDP
-        self.fsdp_plugin = kwargs.get("fsdp_plugin") or FullyShardedDataParallelPlugin()
-
-
-AcceleratorState.__init__ = _init_with_cpu_fsdp
+enable_cpu_fsdp()
 
 
 def main(model_dir: str, batch_path: str, out: str) -> None:

@@ -24,21 +24,14 @@ from safetensors.torch import load_file
 from conftest import free_port, invoke, read_jsonl
 from launching import accelerate_launch, torchrun
 
+TESTS = str(Path(__file__).parent)
 LAUNCHER = textwrap.dedent('''
     import json, os, sys
+    sys.path.insert(0, os.environ["LCO_TESTS_DIR"])
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    from cpu_fsdp import enable_cpu_fsdp
 
-    _init = AcceleratorState.__init__
-
-    def _init_with_cpu_fsdp(self, *args, **kwargs):
-        _init(self, *args, **kwargs)
-        if os.environ.get("ACCELERATE_USE_FSDP") == "true" and self.distributed_type == DistributedType.MULTI_CPU:
-            self.distributed_type = DistributedType.FSDP
-            self.fsdp_plugin = kwargs.get("fsdp_plugin") or FullyShardedDataParallelPlugin()
-
-    AcceleratorState.__init__ = _init_with_cpu_fsdp
+    enable_cpu_fsdp()
     _prepare = Accelerator.prepare
 
     def _recording_prepare(self, *objs):
@@ -85,9 +78,9 @@ def test_fsdp_train_dpo_equals_ddp_on_two_cpu_processes(run_dir, workdir):
     # held-out accuracy and checkpoints run on the main process only: FSDP refuses them (docs/scale.md)
     args = ["train", "fast.yaml", "train.steps=2", "train.eval_every=0", "train.eval_problems=0", "train.advantage=dpo",
             "train.checkpoint_every=2"]
-    ddp = accelerate_launch("ddp", ["launch_cpu_fsdp.py", *args, "--run-dir", "run_ddp"], free_port(), {"LCO_TEST_RECORD": str(workdir / "ddp")})
+    ddp = accelerate_launch("ddp", ["launch_cpu_fsdp.py", *args, "--run-dir", "run_ddp"], free_port(), {"LCO_TEST_RECORD": str(workdir / "ddp"), "LCO_TESTS_DIR": TESTS})
     assert ddp.returncode == 0, ddp.stderr[-4000:]
-    fsdp = accelerate_launch("fsdp", ["launch_cpu_fsdp.py", *args, "--run-dir", "run"], free_port(), {"LCO_TEST_RECORD": str(workdir / "fsdp")})
+    fsdp = accelerate_launch("fsdp", ["launch_cpu_fsdp.py", *args, "--run-dir", "run"], free_port(), {"LCO_TEST_RECORD": str(workdir / "fsdp"), "LCO_TESTS_DIR": TESTS})
     assert fsdp.returncode == 0, fsdp.stderr[-4000:]
 
     assert json.loads((workdir / "ddp.0").read_text())["distributed_type"] == "DistributedType.MULTI_CPU"
