@@ -76,7 +76,8 @@ def run_train(ctx: Context) -> dict:
         progress = Progress("train", cfg.steps, start, enabled=acc.is_main_process, every=max(1, cfg.log_every))
         probe = None
         if cfg.telemetry.gradient_gap:
-            probe = GradientGapProbe(env, trainable, task.has_verifier, GapHistory(state.get("gap_M", 0.0), state.get("gap_J0")),
+            has_verifier = task is not None and task.has_verifier  # else verdicts are the sign of the reward
+            probe = GradientGapProbe(env, trainable, has_verifier, GapHistory(state.get("gap_M", 0.0), state.get("gap_J0")),
                                      sharded=sharding.is_sharded(acc.unwrap_model(policy)))
         guard = CollapseGuard(cfg.guard, usable_vocab(tok), state.get("heldout_acc0"), _heldout_n(task, cfg))
         consecutive_skips = 0
