@@ -136,6 +136,32 @@ def summarise_setting(runs: dict[str, dict[float, dict[int, dict]]], lrs: dict[s
     return out
 
 
+def gauge_agreement(setting: dict, threshold: float = 1.0) -> dict:
+    """Does the step-size gauge separate the stable grid points from the collapsed ones? Per (method, lr) point:
+    its median `gap_gauge` over measured steps and seeds, and whether its seed-mean final accuracy fell below the
+    start. Eq. 18 says a step is safe when η ≲ Δμ(1 − J)/T up to unknown constants, i.e. gauge ≲ O(1): the
+    2 × 2 count at `threshold` and the gauge ranges of both groups say whether the measured gauge agrees."""
+    stable, collapsed = [], []
+    for d in setting["methods"].values():
+        for r in d["lrs"].values():
+            if r["median_gauge"] is None:
+                continue
+            (collapsed if r["final_mean"] < setting["start"] else stable).append(r["median_gauge"])
+    count = lambda xs: {"n": len(xs), "above": sum(g > threshold for g in xs),  # noqa: E731
+                        "min": min(xs) if xs else None, "median": median(xs), "max": max(xs) if xs else None}
+    return {"threshold": threshold, "stable": count(stable), "collapsed": count(collapsed)}
+
+
+def agreement_markdown(a: dict) -> list[str]:
+    t, s, c = a["threshold"], a["stable"], a["collapsed"]
+    return ["**Does the gauge predict collapse?** Each (method, lr) point's median `gap_gauge` (η / (Δμ(1 − J)/T), over its "
+            "measured steps and seeds), by outcome (seed-mean final accuracy ≥ or < the start). Eq. 18 puts the safe step at "
+            f"gauge ≲ O(1) with unknown constants; the split at {t:g}:", "",
+            f"| outcome | points | gauge > {t:g} | min | median | max |", "|---|---|---|---|---|---|",
+            f"| stable | {s['n']} | {s['above']} | {g3(s['min'])} | {g3(s['median'])} | {g3(s['max'])} |",
+            f"| collapsed | {c['n']} | {c['above']} | {g3(c['min'])} | {g3(c['median'])} | {g3(c['max'])} |", ""]
+
+
 # --------------------------------------------------------------------------- plot and markdown
 
 
@@ -247,4 +273,5 @@ def markdown(summary: dict, img_rel: str) -> str:
                     L.append(f"| {m} | {r['mult']:.3g} | {n_c}/{r['n_seeds']} | {g3(o['onset_step']) if n_c else ''} | " + " | ".join(gap_cells)
                              + " | " + " | ".join(ref_cells) + f" | {g3(r['median_gauge']) if r['gap_measured'] else 'not measured'} |")
             L.append("")
+            L += agreement_markdown(gauge_agreement(st))
     return "\n".join(L)

@@ -122,3 +122,16 @@ def test_stability_map_smoke(tmp_path, monkeypatch):
     # resumable: a second invocation trains nothing and rewrites the same block once
     stability_map.main(argv)
     assert doc.read_text().count("<!-- BEGIN GENERATED -->") == 1
+
+
+def test_gauge_agreement_splits_points_by_outcome():
+    """Points without a gauge are left out; a point exactly at the start is stable; counts above the threshold."""
+    lr = lambda final, gauge: {"final_mean": final, "median_gauge": gauge}  # noqa: E731
+    setting = {"start": 0.3, "methods": {
+        "A": {"lrs": {"1": lr(0.35, 0.1), "10": lr(0.30, 0.9), "100": lr(0.05, 4.0)}},
+        "B": {"lrs": {"1": lr(0.32, None), "10": lr(0.20, 0.5), "100": lr(0.0, 12.0)}}}}
+    a = rep.gauge_agreement(setting)
+    assert a["stable"] == {"n": 2, "above": 0, "min": 0.1, "median": 0.5, "max": 0.9}
+    assert a["collapsed"] == {"n": 3, "above": 2, "min": 0.5, "median": 4.0, "max": 12.0}
+    text = "\n".join(rep.agreement_markdown(a))
+    assert "| stable | 2 | 0 | 0.1 | 0.5 | 0.9 |" in text and "| collapsed | 3 | 2 | 0.5 | 4 | 12 |" in text
