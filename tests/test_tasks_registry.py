@@ -149,6 +149,22 @@ def test_reward_function_errors_name_the_key(user_module, ref, message):
 # --------------------------------------------------------------------------- lco validate
 
 
+@pytest.mark.parametrize("ref,message", [
+    ("no_such_module:score", "train.reward: cannot import module 'no_such_module' for 'no_such_module:score': "
+                             "ModuleNotFoundError: No module named 'no_such_module'"),
+    ("{mod}:nope", "train.reward: module '{mod}' has no attribute 'nope'"),
+    ("{mod}:NOT_CALLABLE", "train.reward: '{mod}:NOT_CALLABLE' is not callable"),
+    ("no_such_module:Task", "task.name: cannot import module 'no_such_module'"),
+])
+def test_validate_imports_user_references_as_the_stages_do(runner, workdir, user_module, ref, message):
+    """A reward function or task class that the stage could not import fails validate (exit 2, naming the key)."""
+    key = "task.name" if message.startswith("task.name") else "train.reward"
+    res = invoke(runner, "validate", "tiny", f"{key}={ref.format(mod=user_module)}")
+    assert res.exit_code == 2, res.output
+    assert message.format(mod=user_module) in res.output and "Traceback" not in res.output
+
+
+
 def validate(runner, workdir, data: dict, *overrides):
     path = workdir / "p.yaml"
     path.write_text(yaml.safe_dump(data))

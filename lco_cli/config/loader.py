@@ -13,7 +13,7 @@ import yaml
 from lco_cli.config.schema import BENCHMARK_NAMES, DEFAULT_PRESET, Preset
 from lco_cli.config.typed import build
 from lco_cli.errors import ConfigError
-from lco_cli.tasks.rewards import is_reward_ref
+from lco_cli.tasks.rewards import is_reward_ref, load_reward_fn
 
 
 def _cross_checks(p: Preset, errors: list[str]) -> None:
@@ -38,12 +38,25 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
         if sec.batch_size % sec.micro_batch_size and sec.micro_batch_size < sec.batch_size:
             errors.append(f"{stage}.micro_batch_size: must divide {stage}.batch_size ({sec.batch_size})")
     errors.extend(eval_errors(p))
-    if t.reward not in ("rm", "verifier") and not is_reward_ref(t.reward):
-        errors.append(f"train.reward: {t.reward!r} is not one of rm, verifier (or a function reference 'module:function')")
+    reward_errors(t.reward, errors)
     from lco_cli.rl.registry import get_algo  # the algorithms validate their own settings
 
     errors.extend(get_algo(t.algo).check(t))
     task_checks(p, errors)
+
+
+def reward_errors(reward: str, errors: list[str]) -> None:
+    """`train.reward`: rm, verifier, or a function that imports now as the train stage will
+    import it (a typo in the reference must not wait for the stage to start)."""
+    if reward in ("rm", "verifier"):
+        return
+    if not is_reward_ref(reward):
+        errors.append(f"train.reward: {reward!r} is not one of rm, verifier (or a function reference 'module:function')")
+        return
+    try:
+        load_reward_fn(reward)
+    except ConfigError as exc:
+        errors.append(exc.message)
 
 
 # Per-step sizes above this are typos: a million sequences per step is beyond any machine's memory,
