@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import textwrap
 
@@ -163,6 +164,37 @@ def test_validate_imports_user_references_as_the_stages_do(runner, workdir, user
     assert res.exit_code == 2, res.output
     assert message.format(mod=user_module) in res.output and "Traceback" not in res.output
 
+
+ENTRY_POINT = "import sys\nfrom lco_cli.cli import main\nsys.exit(main())\n"  # what `pip install` writes as bin/lco
+
+
+@pytest.mark.parametrize("how", ["python -m", "entry point"])
+def test_a_package_in_the_current_directory_imports(tmp_path, monkeypatch, how):
+    """`train.reward: mywp.rewards:score` run from the folder holding mywp/ imports under `python -m lco_cli`
+    and under the `lco` script alike (whose sys.path holds the script's folder, not the current one)."""
+    import subprocess
+    from pathlib import Path
+
+    from lco_cli.tasks import import_ref
+
+    project, bin_dir = tmp_path / "project", tmp_path / "bin"
+    (project / "mywp").mkdir(parents=True)
+    bin_dir.mkdir()
+    (project / "mywp" / "__init__.py").write_text("")
+    (project / "mywp" / "rewards.py").write_text("def score(prompt, completion, row):\n    return 1.0\n")
+    (bin_dir / "lco").write_text(ENTRY_POINT)
+    launcher = ["-m", "lco_cli"] if how == "python -m" else [str(bin_dir / "lco")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    res = subprocess.run([sys.executable, *launcher, "validate", "tiny", "train.reward=mywp.rewards:score"],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(project))])
+    try:
+        assert import_ref("mywp.rewards:score", "train.reward")("p", "c", {}) == 1.0
+    finally:
+        for mod in ("mywp", "mywp.rewards"):
+            sys.modules.pop(mod, None)
 
 
 def validate(runner, workdir, data: dict, *overrides):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import random
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -121,11 +123,22 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
     return add
 
 
+def cwd_importable() -> None:
+    """Make the current directory importable, as `python -m` does. The `lco` console script and
+    `accelerate launch` put only the script's folder on sys.path, so without this a package next
+    to the preset would import under `python -m lco_cli` and nowhere else. Appended, not
+    prepended: a stray file in the folder must not shadow an installed package."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
 def import_ref(ref: str, key: str) -> Any:
     """The object `module:attr` names, imported now; ConfigError naming `key` if it cannot be."""
     if not PYTHON_REF.match(ref):
         raise ConfigError(f"{key}: '{ref}' is not 'package.module:Name'")
     module_name, attr_path = ref.split(":", 1)
+    cwd_importable()
     try:
         obj = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any failure of user code at import is the user's to see
