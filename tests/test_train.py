@@ -123,3 +123,23 @@ def test_missing_rm_exit_3(runner, run_dir):
     assert res.exit_code == 3 and "run/rm/final" in res.output
     res = train(runner, "train.steps=1", "train.advantage=sparse", "train.reward=verifier", "train.eval_every=0")
     assert res.exit_code == 0, res.output  # sparse + verifier needs no RM
+
+
+def test_a_reward_function_that_raises_fails_the_stage_in_one_line(runner, run_dir, monkeypatch):
+    """A bug in the user's reward function: exit 1, one message naming the function, the exception and
+    the example it failed on; no traceback; the stage is recorded as failed."""
+    import sys
+
+    (run_dir.parent / "raising_reward.py").write_text(
+        "def score(prompt, completion, row):\n    raise KeyError('keyword')\n")
+    monkeypatch.syspath_prepend(str(run_dir.parent))
+    try:
+        res = train(runner, "train.steps=1", "train.eval_every=0", "train.reward=raising_reward:score")
+    finally:
+        sys.modules.pop("raising_reward", None)
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    assert "error: train.reward: 'raising_reward:score' raised KeyError: 'keyword' on example '" in res.output
+    assert "(prompt 0 of the batch)" in res.output
+    status = json.loads((run_dir / "train/status.json").read_text())
+    assert status["state"] == "failed" and "raised KeyError" in status["error"]

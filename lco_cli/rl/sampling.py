@@ -132,7 +132,8 @@ class Sampler:
         correct = [bool(ok) for _, ok in checks] if has_verifier else [False] * len(roll)
         batch = from_rollouts(roll, self.tok.pad_token_id, correct).to(self.acc.device)
         if self.reward_fn is not None:
-            batch.rewards = torch.tensor([float(self.reward_fn(prompts[g], text, examples[g].row))
+            batch.rewards = torch.tensor([self.reward_fn(prompts[g], text, examples[g].row,
+                                                         where=f" on example {examples[g].id!r} (prompt {g} of the batch)")
                                           for g, text in zip(roll.group, roll.texts)])
         else:
             score(batch, self.cfg, self.reward)

@@ -11,7 +11,7 @@ import inspect
 import math
 from typing import Callable
 
-from lco_cli.errors import ConfigError
+from lco_cli.errors import ConfigError, StageFailedError
 from lco_cli.tasks.base import PYTHON_REF, import_ref
 
 RewardFn = Callable[[str, str, dict], float]
@@ -27,7 +27,8 @@ def load_reward_fn(ref: str, key: str = "train.reward") -> RewardFn:
 
     ConfigError (naming `key`) if it cannot be imported, is not callable, or cannot take the three
     positional arguments; a call that returns a non-number or a non-finite value raises ConfigError
-    naming the function (a reward the optimiser cannot use)."""
+    naming the function (a reward the optimiser cannot use); a call that raises becomes a
+    StageFailedError naming the function, the exception and, through `where`, the rollout."""
     fn = import_ref(ref, key)
     if not callable(fn):
         raise ConfigError(f"{key}: '{ref}' is not callable")
@@ -38,10 +39,14 @@ def load_reward_fn(ref: str, key: str = "train.reward") -> RewardFn:
     except ValueError:  # builtins without a signature: trust them
         pass
 
-    def reward(prompt: str, completion: str, row: dict) -> float:
-        value = fn(prompt, completion, row)
+    def reward(prompt: str, completion: str, row: dict, where: str = "") -> float:
+        """`where` (e.g. " on example '3'") tells the user which rollout the failure came from."""
+        try:
+            value = fn(prompt, completion, row)
+        except Exception as exc:  # noqa: BLE001 - a bug in user code ends the stage with one message, not a traceback
+            raise StageFailedError(f"{key}: '{ref}' raised {type(exc).__name__}: {exc}{where}") from exc
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{key}: '{ref}' returned {value!r}; a reward function must return a finite float")
+            raise ConfigError(f"{key}: '{ref}' returned {value!r}{where}; a reward function must return a finite float")
         return float(value)
 
     reward.__name__ = getattr(fn, "__name__", "reward")
