@@ -241,14 +241,44 @@ def count_values(data: Any, budget: int = MAX_VALUES) -> int:
     return seen
 
 
+# A preset holds a few hundred values nested a few levels deep. A file far beyond that is refused
+# from its event stream, stopping at the first bound crossed, before anything is built from it:
+# building a 10,000-deep file recurses past Python's limit (the composer takes ~3 frames a level,
+# so MAX_DEPTH stays far below 1,000 / 3), and a 200,000-item list takes seconds to build.
+MAX_DEPTH = 64
+MAX_NODES = 10_000
+
+
+def shape_problem(text: str) -> str | None:
+    """What makes `text` no preset-sized YAML (too deep, too many values), or None; the YAML
+    errors of the part read so far propagate."""
+    depth = nodes = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        nodes += isinstance(event, yaml.NodeEvent)
+        if depth > MAX_DEPTH:
+            return f"nests more than {MAX_DEPTH} levels deep"
+        if nodes > MAX_NODES:
+            return f"holds more than {MAX_NODES:,} values"
+    return None
+
+
+SMALL = "a preset is a small mapping (a few hundred values, a few levels deep)"
+
+
 def parse_preset_yaml(path: Path) -> dict:
-    """The preset file as a mapping: exit 2 for unreadable, invalid or empty YAML, duplicate keys
-    and alias bombs."""
+    """The preset file as a mapping: exit 2 for unreadable, invalid or empty YAML, duplicate keys,
+    files far too large or deep for a preset, and alias bombs."""
     try:
         text = path.read_text()
     except UnicodeDecodeError as exc:
         raise ConfigError(f"preset: {path} is not UTF-8 text (byte {exc.start})") from None
     try:
+        if problem := shape_problem(text):
+            raise ConfigError(f"preset: {path} {problem}: {SMALL}")
         loader = StrictLoader(text)
         loader.name = str(path)
         try:
@@ -275,6 +305,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip() or any(not p for p in parts):
         raise ConfigError(f"override '{text}': empty key")
     try:
+        if problem := shape_problem(raw):  # the key only: the value itself may be huge
+            raise ConfigError(f"override '{key.strip()}': the value {problem}: {SMALL}")
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         raise ConfigError(f"override '{text}': value is not valid YAML") from None
