@@ -151,6 +151,11 @@ def test_eval_policies_and_local_math_benchmark(copy_run, runner, workdir):
 def test_eval_missing_inputs(copy_run, runner):
     res = invoke(runner, "eval", "fast.yaml", "--run-dir", "run", "eval.benchmarks=[math500]", "eval.data.math500=missing.jsonl")
     assert res.exit_code == 3 and "missing.jsonl" in res.output
+    (copy_run.parent / "noanswer.jsonl").write_text(json.dumps({"problem": "What is 1+1?"}) + "\n")
+    res = invoke(runner, "eval", "fast.yaml", "--run-dir", "run", "eval.benchmarks=[math500]", "eval.data.math500=noanswer.jsonl",
+                 "--force")  # eval is done with another config
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output  # a wrong file, not a missing one
+    assert "eval.data.math500: noanswer.jsonl: missing field 'answer' for benchmark 'math500'" in res.output
     shutil.rmtree(copy_run / "train")
     res = invoke(runner, "eval", "fast.yaml", "--run-dir", "run")
     assert res.exit_code == 3 and "run/train/final" in res.output

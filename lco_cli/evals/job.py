@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lco_cli.errors import MissingArtifactError
+from lco_cli.errors import ConfigError, MissingArtifactError
 from lco_cli.runtime.rundir import atomic_write_text
 
 
@@ -51,11 +51,15 @@ class Prompted:
 
 @contextlib.contextmanager
 def data_errors(benchmark: str):
-    """A benchmark's data file that is missing or unreadable ends with exit 3 naming `eval.data.<benchmark>`."""
+    """Errors loading a benchmark's data, naming `eval.data.<benchmark>`: a file that does not exist
+    is a missing prerequisite (exit 3); one that exists but is wrong (a missing field, an unsupported
+    type) is an invalid data file (exit 2)."""
     try:
         yield
-    except (FileNotFoundError, ValueError) as exc:
+    except FileNotFoundError as exc:
         raise MissingArtifactError(f"eval.data.{benchmark}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"eval.data.{benchmark}: {exc}") from None
 
 
 def chat_prompt(text: str, tokenizer: Any) -> str:

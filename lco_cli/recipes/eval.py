@@ -21,7 +21,6 @@ import torch
 from lco_cli.runtime import models
 from lco_cli.evals.benchmarks import Problem, get_benchmark
 from lco_cli.engines.composite import CompositeEngine, pi_star_logits
-from lco_cli.errors import MissingArtifactError
 from lco_cli.engines.generation import encode_prompts, make_engine
 from lco_cli.rl.advantage_sources import read_rm_meta, reference_of
 from lco_cli.runtime.rundir import atomic_write_json, atomic_write_text
@@ -29,7 +28,7 @@ from lco_cli.tasks import get_task
 from lco_cli.tasks.vocab import shared_vocab_size, trim_logits
 from lco_cli.runtime.training import stage_run
 from lco_cli.commands.common import Context
-from lco_cli.evals.job import EvalJob, PolicyHandle
+from lco_cli.evals.job import EvalJob, PolicyHandle, data_errors
 from lco_cli.evals.partial import Partial, generate_resumable, partial_path, unit_identity
 from lco_cli.runtime.stage import stage_config_hash
 
@@ -65,12 +64,8 @@ def benchmark_for(name: str, ctx: Context):
 
 def load_problems(bench, name: str, ctx: Context) -> list[Problem]:
     path = ctx.preset.eval.data.get(name)
-    try:
+    with data_errors(name):
         return bench.load(path=path, limit=ctx.preset.eval.limit)
-    except FileNotFoundError as exc:
-        raise MissingArtifactError(f"eval.data.{name}: {exc}") from None
-    except ValueError as exc:
-        raise MissingArtifactError(f"eval.data.{name}: {exc}") from None
 
 
 def device() -> str:
