@@ -14,7 +14,7 @@ import time
 
 import click
 
-from lco_cli.commands.common import Context
+from lco_cli.commands.common import Context, warn_unread_keys
 from lco_cli.recipes.compare import aggregate_seeds
 from lco_cli.runtime.rundir import RunDir, atomic_write_json
 from lco_cli.runtime.stage import (
@@ -90,6 +90,8 @@ def run_pipeline(ctx: Context, stages: list[str], force: set[str]) -> dict:
             click.echo(f"run: {stage} skipped ({decision.reason})", err=True)
             continue
         click.echo(f"run: {stage} ({decision.action}: {decision.reason})", err=True)
+        if stage == "train":
+            warn_unread_keys(ctx.preset)
         t0 = time.time()
         _runner(stage)(ctx)
         actual = ctx.run.plans.get(stage)
