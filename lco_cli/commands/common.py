@@ -43,6 +43,15 @@ def resolve(args: tuple[str, ...], run_dir: str | None) -> Context:
     return Context(name, preset, run, overrides)
 
 
+def warn_unread_keys(preset: Preset) -> None:
+    """A warning line per `train` key the preset sets but the chosen algorithm's loss does not read."""
+    from lco_cli.config.loader import unread_keys
+    from lco_cli.runtime.console import warn
+
+    for message in unread_keys(preset):
+        warn(message)
+
+
 def run_dir_option(fn):
     return click.option("--run-dir", type=click.Path(file_okay=False), default=None,
                         help="Run directory (default: runs/<preset name>).")(fn)

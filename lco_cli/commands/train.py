@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from lco_cli.commands.common import resolve, stage_options
+from lco_cli.commands.common import resolve, stage_options, warn_unread_keys
 
 
 @click.command(help="Policy training (LCO or a baseline) into RUN_DIR/train/.")
@@ -12,6 +12,7 @@ def command(args, run_dir):
     ctx = resolve(args, run_dir)
     from lco_cli.recipes.train import run_train
 
+    warn_unread_keys(ctx.preset)
     result = run_train(ctx)
     if result.get("heldout_acc") is not None:
         click.echo(f"train: held-out greedy accuracy {result['heldout_acc']:.3f}")

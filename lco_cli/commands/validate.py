@@ -11,7 +11,7 @@ from lco_cli.config import STAGES, config_hash, to_dict
 from lco_cli.errors import ConfigError, MissingArtifactError
 from lco_cli.runtime.inputs import input_problems
 from lco_cli.runtime.models import benchmark_only_warning, check_policy_spec
-from lco_cli.commands.common import split_args
+from lco_cli.commands.common import split_args, warn_unread_keys
 
 
 @click.command(help="Validate a preset and overrides; reports every problem at once (exit 2 if any).")
@@ -31,4 +31,5 @@ def command(args):
         raise MissingArtifactError(summary, messages)
     if warning := benchmark_only_warning(preset.model.policy):
         click.echo(warning, err=True)
+    warn_unread_keys(preset)
     click.echo(f"{name}: valid (config hash {config_hash(to_dict(preset))})")

@@ -45,6 +45,14 @@ def _cross_checks(p: Preset, errors: list[str]) -> None:
     task_checks(p, errors)
 
 
+def unread_keys(p: Preset) -> list[str]:
+    """`train` keys set in the preset that the chosen algorithm's loss does not read (warnings, not
+    errors: a preset may keep keys for other runs)."""
+    from lco_cli.rl.registry import get_algo
+
+    return get_algo(p.train.algo).unread_keys(p.train)
+
+
 def reward_errors(reward: str, errors: list[str]) -> None:
     """`train.reward`: rm, verifier, or a function that imports now as the train stage will
     import it (a typo in the reference must not wait for the stage to start)."""

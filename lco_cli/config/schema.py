@@ -50,7 +50,11 @@ DEFAULT_PRESET = "tiny"
 
 
 def F(default: Any = dataclasses.MISSING, *, doc: str, factory: Any = None, **checks: Any):
-    """A dataclass field with a one-line doc and optional checks (choices/gt/ge/le)."""
+    """A dataclass field with a one-line doc and optional checks (choices/gt/ge/le).
+
+    ``operational=True`` marks a key that changes how a stage runs (checkpoints, logs, request
+    concurrency) but no number it produces: it is left out of the stage's identity, so changing it
+    never refuses or reruns a finished stage (`runtime.stage.stage_inputs`)."""
     meta = {"doc": doc, **checks}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -134,10 +138,11 @@ class SupervisedLoopConfig:
     max_length: int = F(512, doc="Truncate prompt+response to this many tokens.", gt=1)
     max_grad_norm: float = F(1.0, doc="Gradient clipping norm (0 disables).", ge=0)
     mixed_precision: str = F("no", doc="accelerate mixed precision.", choices=("no", "bf16", "fp16"))
-    checkpoint_every: int = F(200, doc="Save a resumable checkpoint every N steps.", gt=0)
-    checkpoint_every_minutes: Optional[float] = F(None, doc="Also save one when this many minutes passed since the last (slow steps, preemptible jobs).", gt=0)
-    keep_checkpoints: int = F(2, doc="Keep the newest N checkpoints.", gt=0)
-    log_every: int = F(10, doc="Write a metrics row every N steps.", gt=0)
+    checkpoint_every: int = F(200, doc="Save a resumable checkpoint every N steps.", gt=0, operational=True)
+    checkpoint_every_minutes: Optional[float] = F(None, doc="Also save one when this many minutes passed since the last (slow steps, preemptible jobs).", gt=0,
+                                                    operational=True)
+    keep_checkpoints: int = F(2, doc="Keep the newest N checkpoints.", gt=0, operational=True)
+    log_every: int = F(10, doc="Write a metrics row every N steps.", gt=0, operational=True)
 
 
 @dataclass
@@ -240,7 +245,7 @@ class TrainConfig:
     advantage: str = F("dpo", doc="Advantage estimator for LCO (eqs. 11-13).", choices=("dpo", "logprob", "sparse"))
     advantage_model: Optional[str] = F(None, doc="φ for advantage=logprob (default: the rm stage's model).")
     reward: str = F("verifier", doc="Sequence reward for sparse advantages and the PG baselines: 'verifier' (the task's, ±1), 'rm' (the DPO RM's implicit reward) or a function 'my_pkg.rewards:score' of (prompt, completion, row) (docs/tasks.md).")
-    log_rollouts: Optional[int] = F(None, doc="Rollouts per logged step written to train/rollouts.jsonl (prompt as fed to the model, completion, reward, verdict); null = all, 0 = off.", ge=0)
+    log_rollouts: Optional[int] = F(None, doc="Rollouts per logged step written to train/rollouts.jsonl (prompt as fed to the model, completion, reward, verdict); null = all, 0 = off.", ge=0, operational=True)
     advantage_norm: str = F("group", doc="Normalisation of sequence advantages.", choices=("none", "batch", "group"))
     advantage_center: bool = F(True, doc="Center dense advantages over the vocabulary per token (paper §4.4).")
     advantage_clip: Optional[float] = F(None, doc="Clip dense advantages to ±value (off by default).", gt=0)
@@ -262,10 +267,11 @@ class TrainConfig:
     mixed_precision: str = F("no", doc="accelerate mixed precision.", choices=("no", "bf16", "fp16"))
     eval_every: int = F(25, doc="Held-out greedy accuracy every N steps (0 disables).", ge=0)
     eval_problems: int = F(200, doc="Held-out problems for that accuracy.", ge=0)
-    checkpoint_every: int = F(50, doc="Save a resumable checkpoint every N steps.", gt=0)
-    checkpoint_every_minutes: Optional[float] = F(None, doc="Also save one when this many minutes passed since the last (slow steps, preemptible jobs).", gt=0)
-    keep_checkpoints: int = F(2, doc="Keep the newest N checkpoints.", gt=0)
-    log_every: int = F(1, doc="Write a metrics row every N steps.", gt=0)
+    checkpoint_every: int = F(50, doc="Save a resumable checkpoint every N steps.", gt=0, operational=True)
+    checkpoint_every_minutes: Optional[float] = F(None, doc="Also save one when this many minutes passed since the last (slow steps, preemptible jobs).", gt=0,
+                                                    operational=True)
+    keep_checkpoints: int = F(2, doc="Keep the newest N checkpoints.", gt=0, operational=True)
+    log_every: int = F(1, doc="Write a metrics row every N steps.", gt=0, operational=True)
     max_skipped: int = F(5, doc="Fail the stage after this many consecutive non-finite steps.", gt=0)
     rollout: RolloutConfig = F(doc="Rollout sampling.", factory=RolloutConfig)
     telemetry: TelemetryConfig = F(doc="Diagnostics.", factory=TelemetryConfig)
@@ -280,7 +286,7 @@ class JudgeConfig:
     base_url: str = F("https://api.openai.com/v1", doc="Endpoint root; requests go to <base_url>/chat/completions.")
     model: str = F("gpt-4o-2024-11-20", doc="Judge model (paper: GPT-4o, gpt-4o-2024-11-20).")
     api_key_env: str = F("OPENAI_API_KEY", doc="Name of the environment variable holding the API key (the key itself is never written).")
-    concurrency: int = F(8, doc="Judge requests in flight at once.", gt=0)
+    concurrency: int = F(8, doc="Judge requests in flight at once.", gt=0, operational=True)
     max_retries: int = F(3, doc="Retries of a failed request (HTTP 429/5xx, timeout, connection error).", ge=0)
     backoff: float = F(2.0, doc="Seconds before the first retry; doubles each retry.", ge=0)
     timeout: float = F(60.0, doc="Seconds per request before it counts as failed.", gt=0)
@@ -314,7 +320,7 @@ class EvalConfig:
     limit: Optional[int] = F(None, doc="Evaluate at most this many problems per benchmark.", gt=0)
     data: dict[str, str] = F(doc="Local files per benchmark name (same schema as the hub dataset).", factory=dict)
     verify_timeout: float = F(5.0, doc="Seconds per answer check before it counts as wrong.", gt=0)
-    checkpoint_every_minutes: Optional[float] = F(None, doc="Also save the finished problems of the benchmark being generated when this many minutes passed since the last save; a resumed eval continues from them (long benchmarks, preemptible jobs).", gt=0)
+    checkpoint_every_minutes: Optional[float] = F(None, doc="Also save the finished problems of the benchmark being generated when this many minutes passed since the last save; a resumed eval continues from them (long benchmarks, preemptible jobs).", gt=0, operational=True)
     judge: JudgeConfig = F(doc="AlpacaEval 2.0 judge endpoint.", factory=JudgeConfig)
     reward_models: dict[str, str] = F(doc="Sequence-classification reward models for the `reward` benchmark: {name: path or hub id}.", factory=dict)
     qa_feedback: QAFeedbackConfig = F(doc="The `qa_feedback` benchmark's reward models.", factory=QAFeedbackConfig)

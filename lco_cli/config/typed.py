@@ -4,6 +4,7 @@ Used by the preset schema (`config.schema`) and by each algorithm's own `Config`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -162,5 +163,20 @@ def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
             checks.append("one of " + ", ".join(map(str, choices_of(f.metadata))))
         if checks:
             doc += " (" + "; ".join(checks).replace("gt ", "> ").replace("ge ", ">= ").replace("lt ", "< ").replace("le ", "<= ") + ")"
+        if f.metadata.get("operational"):
+            doc += " Operational: changes no result, so not part of the stage's identity."
         rows.append((key, type_name(tp), json.dumps(default), doc))
     return rows
+
+
+@functools.lru_cache(maxsize=None)
+def marked_keys(cls: type, flag: str, prefix: str = "") -> frozenset[str]:
+    """Dotted keys of every field whose metadata sets `flag` (e.g. 'operational'), recursively."""
+    hints = typing.get_type_hints(cls)
+    keys: set[str] = set()
+    for f in dataclasses.fields(cls):
+        if f.metadata.get(flag):
+            keys.add(f"{prefix}{f.name}")
+        elif dataclasses.is_dataclass(hints[f.name]):
+            keys |= marked_keys(hints[f.name], flag, f"{prefix}{f.name}.")
+    return frozenset(keys)

@@ -93,7 +93,7 @@ def load_pi_star(ctx: Context) -> Policy:
     rm_tok = models.load_tokenizer(rm_dir, p.model)
     vocab = shared_vocab_size(tok, rm_tok, sft_dir, rm_dir)  # padded embedding sizes may differ
     loaded = [models.load_model(d, p.model, trainable=False).to(device()) for d in (sft_dir, rm_dir, ref_dir)]
-    beta = p.train.beta
+    beta = p.train.beta  # declared in evals.policies.KINDS, so the eval stage's identity includes it
     engine = CompositeEngine(loaded, lambda z: pi_star_logits(*(trim_logits(x, vocab) for x in z[:3]), beta), tok,
                              p.eval.batch_size)
     return Policy("pi_star", engine, tok, None)

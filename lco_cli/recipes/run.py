@@ -14,14 +14,15 @@ import time
 
 import click
 
-from lco_cli.commands.common import Context
+from lco_cli.commands.common import Context, warn_unread_keys
 from lco_cli.recipes.compare import aggregate_seeds
 from lco_cli.runtime.rundir import RunDir, atomic_write_json
 from lco_cli.runtime.stage import (
     changed_upstream,
     discard_leftover_staging,
     plan_stage,
-    stage_config_hash,
+    read_keys,
+    same_config,
     upstream_fingerprint,
     upstream_stages,
 )
@@ -46,7 +47,7 @@ def skip_reason(ctx: Context, stage: str) -> str | None:
     if not sd.is_done():
         return None
     st = sd.status() or {}
-    if st.get("config_hash") != stage_config_hash(ctx.preset, stage):
+    if not same_config(st, ctx.preset, stage):
         return None
     if changed_upstream(st.get("upstream"), upstream_fingerprint(ctx.run, ctx.preset, stage)):
         return None
@@ -59,7 +60,9 @@ def plan(ctx: Context, stages: list[str], force: set[str]) -> dict[str, Decision
     rerunning: list[str] = []
     ctx.run.force |= force
     for stage in stages:
-        moved_up = [u for u in upstream_stages(ctx.preset, stage) if u in rerunning]
+        # A stage also follows one whose section it reads keys of (eval's pi_star reads train.beta).
+        follows = [*upstream_stages(ctx.preset, stage), *sorted({k.split(".")[0] for k in read_keys(ctx.preset, stage)})]
+        moved_up = list(dict.fromkeys(u for u in follows if u in rerunning))
         if moved_up:
             ctx.run.allow_rerun.add(stage)
         reason = None if stage in force or moved_up else skip_reason(ctx, stage)
@@ -87,6 +90,8 @@ def run_pipeline(ctx: Context, stages: list[str], force: set[str]) -> dict:
             click.echo(f"run: {stage} skipped ({decision.reason})", err=True)
             continue
         click.echo(f"run: {stage} ({decision.action}: {decision.reason})", err=True)
+        if stage == "train":
+            warn_unread_keys(ctx.preset)
         t0 = time.time()
         _runner(stage)(ctx)
         actual = ctx.run.plans.get(stage)

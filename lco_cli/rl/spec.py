@@ -31,6 +31,14 @@ class AlgoSpec:
     default_samples_per_prompt: ClassVar[int] = 1
     default_update_epochs: ClassVar[int] = 1
     default_minibatches: ClassVar[int] = 1
+    #: `train` keys the loss reads only under some settings: key -> (setting, the values under which it is read).
+    #: A key set away from its default while its setting has another value changes nothing: `lco validate`
+    #: and `lco train` warn. The LCO loss's keys are read by algo=lco only; an algorithm that reads them too
+    #: overrides this.
+    reads_when: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {
+        key: ("algo", ("lco",)) for key in ("objective", "advantage", "advantage_model", "advantage_norm",
+                                            "advantage_center", "advantage_clip", "advantage_support", "advantage_topk",
+                                            "beta", "beta_neg")}
 
     @classmethod
     def algo_args_class(cls) -> type | None:
@@ -53,6 +61,20 @@ class AlgoSpec:
     def needs_reference(cls, cfg: "TrainConfig") -> bool:
         """Whether the train stage loads the reference policy: a loss term or the `kl_ref` telemetry needs it."""
         return cfg.telemetry.kl_ref or cls.loss_needs_reference(cfg)
+
+    @classmethod
+    def unread_keys(cls, cfg: "TrainConfig") -> list[str]:
+        """One message per `train` key set away from its default that the loss does not read under `cfg`."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+        out = []
+        for key, (setting, values) in cls.reads_when.items():
+            value, current = getattr(cfg, key), getattr(cfg, setting)
+            if value == defaults[key] or current in values:
+                continue
+            where = f"algo={cls.name}" + ("" if setting == "algo" else f" with {setting}={current}")
+            out.append(f"train.{key} is set to {value!r} but {where} does not read it; "
+                       f"set train.{setting}={'|'.join(values)} to train on it")
+        return out
 
     @classmethod
     def resolve(cls, cfg: "TrainConfig") -> "TrainConfig":

@@ -18,6 +18,10 @@ class LCOSpec(AlgoSpec):
     #: (`max_batch_size`) with the buffer's old logits; their count depends on buffer/GPU/accumulation
     #: sizes no script fixes, so 4 is our choice (docs/compare.md "Defaults").
     default_minibatches = 4
+    #: The sequence reward and its normalisation feed sparse advantages only; φ of eq. 12 feeds logprob only.
+    reads_when = {"reward": ("advantage", ("sparse",)), "advantage_norm": ("advantage", ("sparse",)),
+                  "advantage_model": ("advantage", ("logprob",)),
+                  "advantage_topk": ("advantage_support", ("policy_topk", "authors"))}
 
     @classmethod
     def needs_reward_model(cls, cfg) -> bool:

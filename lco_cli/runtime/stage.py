@@ -18,19 +18,53 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lco_cli.config import STAGES, Preset, config_hash, dump_yaml, to_dict
+from lco_cli.config.typed import marked_keys
 from lco_cli.errors import ConfigError, Interrupted, LcoError, StageLockedError
 from lco_cli.runtime.console import warn
 from lco_cli.runtime.rundir import STAGES_WITH_FINAL, RunDir, StageDir, atomic_write_text, exchange_dirs
 
 
 def stage_inputs(preset: Preset, stage: str) -> dict:
-    """What a stage's output depends on in the preset: its own section plus model/task/seed."""
+    """What a stage's output depends on in the preset: its own section plus model/task/seed and the
+    keys of other sections it reads (`read_keys`), less the keys the schema marks operational."""
     d = to_dict(preset)
-    return {stage: d[stage], "model": d["model"], "task": d["task"], "seed": d["seed"]}
+    inputs = {stage: d[stage], "model": d["model"], "task": d["task"], "seed": d["seed"]}
+    for key in read_keys(preset, stage):
+        *path, name = key.split(".")
+        source, target = d, inputs
+        for part in path:
+            source, target = source[part], target.setdefault(part, {})
+        target[name] = source[name]
+    return without_operational(inputs)
+
+
+def read_keys(preset: Preset, stage: str) -> list[str]:
+    """Keys outside a stage's own section that change its numbers: what its eval policies declare."""
+    if stage != "eval":
+        return []
+    from lco_cli.evals.policies import policy_reads
+
+    return sorted({key for pol in preset.eval.policies for key in policy_reads(pol)})
+
+
+def without_operational(d: dict, prefix: str = "") -> dict:
+    """`d` without the keys the schema marks `operational` (they change no result)."""
+    drop = marked_keys(Preset, "operational")
+    return {k: without_operational(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+            for k, v in d.items() if f"{prefix}{k}" not in drop}
 
 
 def stage_config_hash(preset: Preset, stage: str) -> str:
     return config_hash(stage_inputs(preset, stage))
+
+
+def same_config(status: dict, preset: Preset, stage: str) -> bool:
+    """Whether a stage recorded in `status` ran with the preset's inputs. Inputs recorded before
+    operational keys left the identity compare without them, so those stages stay done."""
+    current = stage_config_hash(preset, stage)
+    if status.get("config_hash") == current:
+        return True
+    return bool(status.get("inputs")) and config_hash(without_operational(status["inputs"])) == current
 
 
 # --------------------------------------------------------------------------- upstream
@@ -51,8 +85,10 @@ def upstream_stages(preset: Preset, stage: str) -> list[str]:
         t = preset.train
         refs = [t.init_from, t.advantage_model or "", "rm" if get_algo(t.algo).needs_reward_model(t) else ""]
     elif stage == "eval":
+        from lco_cli.evals.policies import policy_stages
+
         for pol in preset.eval.policies:
-            refs += ["sft", "rm"] if pol == "pi_star" else [pol]
+            refs += policy_stages(pol)
     if preset.model.policy in STAGES_WITH_FINAL and "base" in refs:
         refs.append(preset.model.policy)
     out = []
@@ -109,7 +145,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def changed_keys(status: dict, preset: Preset, stage: str) -> list[str]:
     if not status.get("inputs"):
         return []  # written by an older lco that did not record its inputs
-    old, new = _flatten(status["inputs"]), _flatten(stage_inputs(preset, stage))
+    old, new = _flatten(without_operational(status["inputs"])), _flatten(stage_inputs(preset, stage))
     return sorted(k for k in old.keys() | new.keys() if old.get(k, "<unset>") != new.get(k, "<unset>"))
 
 
@@ -131,11 +167,10 @@ def plan_stage(run: RunDir, preset: Preset, stage: str) -> StagePlan:
     Read-only, so every process of a launch computes the same plan."""
     main = run.stage(stage)
     status = main.status() or {}
-    section_hash = stage_config_hash(preset, stage)
     upstream = upstream_fingerprint(run, preset, stage)
 
     def same(st: dict) -> bool:
-        return st.get("config_hash") == section_hash and not changed_upstream(st.get("upstream", upstream), upstream)
+        return same_config(st, preset, stage) and not changed_upstream(st.get("upstream", upstream), upstream)
 
     fresh = stage in run.force
     if not main.is_done():
@@ -145,12 +180,13 @@ def plan_stage(run: RunDir, preset: Preset, stage: str) -> StagePlan:
     staged_status = staging.status() or {}
     if not fresh and staged_status.get("state") in ("running", "failed") and same(staged_status):
         return StagePlan(staging, True, f"resume the interrupted rerun from step {staged_status.get('step', 0)}")
-    if status.get("config_hash") != section_hash and not (fresh or stage in run.allow_rerun):
-        keys = changed_keys(status, preset, stage)
-        raise ConfigError(f"stage '{stage}' is done with a different config (changed: {', '.join(keys) or 'unknown'}); "
+    keys = [] if same_config(status, preset, stage) else changed_keys(status, preset, stage) or ["unknown"]
+    if keys and not (fresh or stage in run.allow_rerun):
+        raise ConfigError(f"stage '{stage}' is done with a different config (changed: {', '.join(keys)}); "
                           f"rerun it with --force, or use another --run-dir")
     moved = changed_upstream(status.get("upstream"), upstream)
-    why = f"{', '.join(moved)} output changed since it ran" if moved else "rerun requested"
+    why = (f"{', '.join(moved)} output changed since it ran" if moved else
+           f"{', '.join(keys)} changed since it ran" if keys else "rerun requested")
     return StagePlan(staging, False, f"rerun into a staging area ({why}); the finished output stays until it succeeds")
 
 
