@@ -9,14 +9,16 @@ RUN_DIR/seed-<s>/ and writes RUN_DIR/aggregate.json (mean ± std across seeds).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import click
 
 from lco_cli.config import STAGES
 from lco_cli.errors import ConfigError
-from lco_cli.commands.common import resolve, run_dir_option
+from lco_cli.commands.common import resolve, run_dir_option, split_args
 
 
 def _parse_list(text: str | None, allowed=None, what="stage") -> list[str]:
@@ -48,9 +50,27 @@ def command(args, run_dir, stages, force, seeds, as_json):
         except ValueError:
             raise ConfigError(f"--seeds: expected comma-separated integers, got '{seeds}'") from None
         summary = run_seeds(ctx, selected, forced, seed_list)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    elif summary["results"]:
-        from lco_cli.recipes.compare import results_table
+    from lco_cli.recipes.compare import results_table
+    from lco_cli.recipes.run import run_summary
+    from lco_cli.recipes.summary import NextStep, print_summary
+    from lco_cli.runtime.rundir import RunDir
 
+    preset_arg = split_args(args)[0]
+    if not seeds:
+        rows, steps = run_summary(ctx, preset_arg, summary["stages"], summary["seconds"])
+    else:
+        per_seed = {seed: run_summary(dataclasses.replace(ctx, run=RunDir(Path(sub["run_dir"]))), preset_arg,
+                                      sub["stages"], sub["seconds"])[0] for seed, sub in summary["seeds"].items()}
+        steps = [NextStep(shlex.join(["lco", "report", str(ctx.run.path)]), "plots and report.md of the seeds' mean ± std"),
+                 NextStep(shlex.join(["lco", "compare", str(ctx.run.path), "OTHER_RUN_DIR"]), "compare with another run")]
+    if as_json:
+        click.echo(json.dumps({**summary, "next": [dataclasses.asdict(s) for s in steps]}, indent=2))
+        return
+    if summary["results"]:
         results_table({Path(ctx.run.path).name: summary["results"]}).print()
+    if not seeds:
+        print_summary(rows, steps, f"run summary: {ctx.run.path}")
+        return
+    for seed, seed_rows in per_seed.items():
+        print_summary(seed_rows, [], f"seed {seed}: {ctx.run.path / f'seed-{seed}'}")
+    print_summary([], steps, "")

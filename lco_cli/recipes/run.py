@@ -16,6 +16,7 @@ import click
 
 from lco_cli.commands.common import Context, warn_unread_keys
 from lco_cli.recipes.compare import aggregate_seeds
+from lco_cli.recipes.summary import NextStep, StageSummary, next_steps, summarize_run
 from lco_cli.runtime.rundir import RunDir, atomic_write_json
 from lco_cli.runtime.stage import (
     changed_upstream,
@@ -37,7 +38,7 @@ def _runner(stage: str):
 
 @dataclasses.dataclass
 class Decision:
-    action: str  # "skip" | "run" | "resume"
+    action: str  # "skip" | "run" | "resume" | "restart" (interrupted before its first checkpoint)
     reason: str
 
 
@@ -76,7 +77,7 @@ def plan(ctx: Context, stages: list[str], force: set[str]) -> dict[str, Decision
             why = "--force: " + why
         elif moved_up:
             why = f"{', '.join(moved_up)} reruns first; " + why
-        decisions[stage] = Decision("resume" if stage_plan.resume else "run", why)
+        decisions[stage] = Decision(stage_plan.action, why)
         rerunning.append(stage)
     return decisions
 
@@ -96,12 +97,22 @@ def run_pipeline(ctx: Context, stages: list[str], force: set[str]) -> dict:
         _runner(stage)(ctx)
         actual = ctx.run.plans.get(stage)
         if actual is not None:  # an upstream rerun may have turned a planned resume into a fresh run
-            decisions[stage] = Decision("resume" if actual.resume else "run", actual.reason)
+            decisions[stage] = Decision(actual.action, actual.reason)
         timings[stage] = round(time.time() - t0, 1)
     results = ctx.run.path / "eval" / "results.json"
-    return {"run_dir": str(ctx.run.path), "stages": {s: d.action for s, d in decisions.items()},
+    actions = {s: d.action for s, d in decisions.items()}
+    return {"run_dir": str(ctx.run.path), "stages": actions,
             "reasons": {s: d.reason for s, d in decisions.items()}, "seconds": timings,
-            "results": json.loads(results.read_text())["results"] if results.exists() else []}
+            "results": json.loads(results.read_text())["results"] if results.exists() else [],
+            "summary": [r.as_json() for r in summarize_run(ctx.run.path, actions, timings)]}
+
+
+def run_summary(ctx: Context, preset_arg: str | None, actions: dict[str, str],
+                timings: dict[str, float]) -> tuple[list[StageSummary], list[NextStep]]:
+    """Per stage: state, key result, time, folder (as recorded in the run directory), and the next
+    commands (`preset_arg`: the preset as the user named it, None for the default)."""
+    rows = summarize_run(ctx.run.path, actions, timings)
+    return rows, next_steps(rows, ctx.run.path, preset_arg, ctx.overrides, ctx.preset.train.lr)
 
 
 def run_seeds(ctx: Context, stages: list[str], force: set[str], seeds: list[int]) -> dict:

@@ -159,6 +159,12 @@ class StagePlan:
     work: StageDir
     resume: bool
     reason: str
+    restart: bool = False  # resuming an interrupted stage that left nothing to resume from (no checkpoint yet)
+
+    @property
+    def action(self) -> str:
+        """'run', 'resume', or 'restart' (an interrupted stage that starts again from step 0)."""
+        return "restart" if self.restart else "resume" if self.resume else "run"
 
 
 def plan_stage(run: RunDir, preset: Preset, stage: str) -> StagePlan:
@@ -175,11 +181,11 @@ def plan_stage(run: RunDir, preset: Preset, stage: str) -> StagePlan:
     fresh = stage in run.force
     if not main.is_done():
         resume = not fresh and status.get("state") in ("running", "failed") and same(status)
-        return StagePlan(main, resume, f"resume from step {status.get('step', 0)}" if resume else "fresh run")
+        return _resume_plan(main, "") if resume else StagePlan(main, False, "fresh run")
     staging = main.staging()
     staged_status = staging.status() or {}
     if not fresh and staged_status.get("state") in ("running", "failed") and same(staged_status):
-        return StagePlan(staging, True, f"resume the interrupted rerun from step {staged_status.get('step', 0)}")
+        return _resume_plan(staging, "the interrupted rerun ")
     keys = [] if same_config(status, preset, stage) else changed_keys(status, preset, stage) or ["unknown"]
     if keys and not (fresh or stage in run.allow_rerun):
         raise ConfigError(f"stage '{stage}' is done with a different config (changed: {', '.join(keys)}); "
@@ -188,6 +194,20 @@ def plan_stage(run: RunDir, preset: Preset, stage: str) -> StagePlan:
     why = (f"{', '.join(moved)} output changed since it ran" if moved else
            f"{', '.join(keys)} changed since it ran" if keys else "rerun requested")
     return StagePlan(staging, False, f"rerun into a staging area ({why}); the finished output stays until it succeeds")
+
+
+def _resume_plan(sd: StageDir, what: str) -> StagePlan:
+    """An interrupted (or failed) stage with the same config: from its newest checkpoint, from the
+    finished results of an eval, or — stopped before its first checkpoint — again from step 0 (a
+    restart, though what it already wrote that a rerun reuses, RM pairs.jsonl, is kept)."""
+    checkpoints = sd.checkpoints()
+    if checkpoints:
+        ck = checkpoints[-1]
+        return StagePlan(sd, True, f"resume {what}from its checkpoint at step {int(ck.name.split('-')[1])} ({ck.name})")
+    if any(p.is_file() for p in (sd.path / "samples").rglob("*")):  # eval: finished pairs, generations, partials
+        return StagePlan(sd, True, f"resume {what}from its finished evaluation results")
+    kept = " (reusing its sampled pairs.jsonl)" if (sd.path / "pairs.jsonl").exists() else ""
+    return StagePlan(sd, True, f"restart {what}from step 0: it stopped before its first checkpoint{kept}", restart=True)
 
 
 # --------------------------------------------------------------------------- the lifecycle
@@ -219,8 +239,13 @@ def stage_run(run: RunDir, preset_name: str, preset: Preset, stage: str, acceler
         run.write_header(preset_name, resolved, config_hash(resolved))
         atomic_write_text(sd.path / "config.yaml", dump_yaml(resolved[stage]))
         previous = sd.status() or {}
+        t_start, spent = time.time(), float(previous.get("seconds") or 0.0) if sd.resume else 0.0
         sd.set_status("running", config_hash=section_hash, upstream=upstream, step=previous.get("step", 0) if sd.resume else 0,
-                      inputs=stage_inputs(preset, stage), interrupted=False)
+                      inputs=stage_inputs(preset, stage), interrupted=False, seconds=spent)
+
+        def elapsed() -> float:  # wall time over every session of the stage (a resume adds to it)
+            return round(spent + time.time() - t_start, 1)
+
         if sd.staged:
             warn(f"{stage}: {plan.reason}")
         _build_base_on_main(run, preset, stage)
@@ -230,16 +255,17 @@ def stage_run(run: RunDir, preset_name: str, preset: Preset, stage: str, acceler
             barrier()
             yield sd
         except KeyboardInterrupt as exc:
-            sd.set_status("failed", error="interrupted", interrupted=True)
+            sd.set_status("failed", error="interrupted", interrupted=True, seconds=elapsed())
             raise _interrupted(exc, sd) from None
         except LcoError as exc:
-            sd.set_status("failed", error=exc.message)
+            sd.set_status("failed", error=exc.message, seconds=elapsed())
             raise
         except Exception as exc:
             from lco_cli.runtime.inputs import hub_error
 
             converted = hub_error(exc, preset, [stage])
-            sd.set_status("failed", error=converted.message if converted else f"{type(exc).__name__}: {exc}")
+            sd.set_status("failed", error=converted.message if converted else f"{type(exc).__name__}: {exc}",
+                          seconds=elapsed())
             if converted:
                 raise converted from None
             raise
@@ -247,7 +273,7 @@ def stage_run(run: RunDir, preset_name: str, preset: Preset, stage: str, acceler
             from lco_cli.runtime.trackers import close_trackers
 
             close_trackers(trackers)
-        _finish(run, main, sd, section_hash)
+        _finish(run, main, sd, section_hash, elapsed())
 
 
 def _check_inputs(run: RunDir, preset: Preset, stage: str, record: bool) -> None:
@@ -304,11 +330,11 @@ def _start_observers(sd: StageDir, preset: Preset, stage: str) -> list:
     return open_trackers(sd, cfg.report_to, preset.name, flat)
 
 
-def _finish(run: RunDir, main: StageDir, sd: StageDir, section_hash: str) -> None:
+def _finish(run: RunDir, main: StageDir, sd: StageDir, section_hash: str, seconds: float) -> None:
     """Mark done (with the digest of final/); a staged rerun replaces the stage, then downstream
     stages built on the old output are marked stale."""
     digest = final_digest(sd.final) if sd.final.exists() else None
-    sd.set_status("done", config_hash=section_hash, step=getattr(sd, "final_step", None), final_digest=digest)
+    sd.set_status("done", config_hash=section_hash, step=getattr(sd, "final_step", None), final_digest=digest, seconds=seconds)
     if sd.staged:
         exchange_dirs(sd.path, main.path)
         shutil.rmtree(sd.path, ignore_errors=True)
