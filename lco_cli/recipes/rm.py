@@ -25,6 +25,7 @@ from lco_cli.losses.dpo import dpo_loss
 from lco_cli.rl.advantage_sources import RM_META
 from lco_cli.runtime import models
 from lco_cli.runtime.rundir import atomic_write_json, atomic_write_text
+from lco_cli.runtime.trackers import publish
 from lco_cli.runtime.training import (Progress, batch_indices, checkpoint_due, load_checkpoint, make_accelerator,
     make_optimizer, make_scheduler, maybe_interrupt, optimizer_step, save_checkpoint, shard, stage_run, total_steps)
 from lco_cli.tasks import get_task
@@ -166,6 +167,8 @@ def run_rm(ctx: Context) -> dict:
         result = evaluate_pairs(unwrapped, ref_eval, eval_pairs, cfg.micro_batch_size, tok.pad_token_id, acc.device, cfg.beta)
         if acc.is_main_process:
             atomic_write_json(sd.path / "eval.json", result)
+            publish(sd, {"step": steps, "heldout_pair_accuracy": result["pair_accuracy"],  # to TensorBoard / W&B
+                         "heldout_reward_margin": result["reward_margin"]})
             # Absolute path plus one relative to final/, so a moved run directory still finds φ_ref.
             meta = {"reference": str(Path(init).resolve()) if Path(init).exists() else init,
                     "reference_relative": os.path.relpath(Path(init).resolve(), sd.final.resolve()) if Path(init).exists() else None,

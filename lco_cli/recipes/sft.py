@@ -13,6 +13,7 @@ from lco_cli.engines.scoring import token_logprobs
 from lco_cli.errors import ConfigError
 from lco_cli.runtime import models
 from lco_cli.runtime.rundir import atomic_write_json
+from lco_cli.runtime.trackers import publish
 from lco_cli.runtime.training import (Progress, batch_indices, checkpoint_due, load_checkpoint, make_accelerator,
     make_optimizer, make_scheduler, maybe_interrupt, optimizer_step, save_checkpoint, shard, stage_run, total_steps)
 from lco_cli.tasks import get_task, greedy_accuracy
@@ -75,6 +76,7 @@ def run_sft(ctx: Context) -> dict:
             if cfg.data.source == "task" and cfg.eval_problems:
                 result = greedy_accuracy(unwrapped, tok, task, cfg.eval_problems)
                 atomic_write_json(sd.path / "eval.json", result)
+                publish(sd, {"step": steps, "heldout_acc": result["heldout_acc"]})  # to TensorBoard / W&B
             models.save_final(unwrapped, tok, sd.final, {"lco_stage.json": {"stage": "sft", "init_from": init, "steps": steps}})
         acc.wait_for_everyone()
         return result

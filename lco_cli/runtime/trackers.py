@@ -1,5 +1,8 @@
 """Experiment trackers (`logging.report_to`): every metrics row also goes to TensorBoard and/or
-Weights & Biases through accelerate's tracker classes, on the main process only."""
+Weights & Biases through accelerate's tracker classes, on the main process only — and so do the
+held-out results a stage computes after its last step (`publish`: SFT's `heldout_acc`, the RM's
+`heldout_pair_accuracy` / `heldout_reward_margin`), at the final step. Train's `heldout_acc` is in
+its metrics rows already (every `train.eval_every` steps, step 0 included)."""
 from __future__ import annotations
 
 import os
@@ -56,3 +59,10 @@ def open_trackers(sd: StageDir, report_to: list[str], run_name: str, config: dic
 def close_trackers(trackers: list) -> None:
     for tracker in trackers:
         tracker.finish()
+
+
+def publish(sd: StageDir, row: dict) -> None:
+    """Send `row` (with its `step`) to the stage's trackers only: a result that is not a metrics.jsonl
+    row (it is in the stage's eval.json). Nothing happens without trackers or off the main process."""
+    for callback in sd.metrics.on_append:
+        callback(row)
